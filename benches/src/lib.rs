@@ -1,0 +1,1 @@
+//! Side-by-side benchmarks; see `rpc.rs`.

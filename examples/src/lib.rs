@@ -1,0 +1,1 @@
+//! Runnable examples of skynet; see the `[[example]]` targets.

@@ -1,0 +1,335 @@
+//! Calling services: typed calls, JSON calls, deadlines, and the same-process fast path.
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
+
+use crate::codec::{self, CodecError, Encoding};
+use crate::error::{CallError, RejectReason};
+use crate::node::Node;
+use crate::peer::PeerError;
+use crate::server::panic_message;
+use crate::service::{Context, ServiceDef, Wire};
+use crate::wire::{self, RequestHead, Status};
+
+/// Calls the methods of one service. Cheap to clone; the `with_*` and `at` methods return a
+/// changed copy, so per-call options never leak into other calls.
+///
+/// Where a call goes: to [`ServiceClient::at`]'s address if one is set; otherwise to the
+/// service in this process. A call to a service this process hosts never touches the network
+/// or the codec.
+#[derive(Clone, Debug)]
+pub struct ServiceClient {
+    node: Node,
+    service: Arc<str>,
+    target: Option<SocketAddr>,
+    deadline: Option<Duration>,
+    encoding: Encoding,
+}
+
+enum Route<'a> {
+    Local(&'a ServiceDef),
+    Remote(SocketAddr),
+}
+
+impl ServiceClient {
+    /// A client for `service` that calls through `node`.
+    pub fn new(node: &Node, service: &str) -> Self {
+        Self {
+            node: node.clone(),
+            service: service.into(),
+            target: None,
+            deadline: None,
+            encoding: Encoding::Bincode,
+        }
+    }
+
+    /// Sends calls to the node at `addr`.
+    pub fn at(mut self, addr: SocketAddr) -> Self {
+        self.target = Some(addr);
+        self
+    }
+
+    /// The deadline of each call made through this copy; otherwise the node's default.
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The payload encoding for remote calls. Default bincode; JSON is useful for debugging
+    /// and is what dynamic callers use.
+    pub fn with_encoding(mut self, encoding: Encoding) -> Self {
+        self.encoding = encoding;
+        self
+    }
+
+    /// The service this client calls.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    fn deadline(&self) -> Duration {
+        self.deadline
+            .unwrap_or(self.node.config().default_deadline)
+    }
+
+    fn route(&self) -> Result<Route<'_>, String> {
+        match (self.target, self.node.local_service(&self.service)) {
+            (Some(addr), Some(def)) if addr == self.node.local_addr() => Ok(Route::Local(def)),
+            (Some(addr), _) => Ok(Route::Remote(addr)),
+            (None, Some(def)) => Ok(Route::Local(def)),
+            (None, None) => Err(format!(
+                "service {:?} is not hosted here and no address was given (use .at(addr))",
+                self.service
+            )),
+        }
+    }
+
+    /// Calls `method` with a typed request. Dropping the returned future cancels the call,
+    /// here and on the serving node.
+    pub async fn call<Req: Wire, Resp: Wire, Err: Wire>(
+        &self,
+        method: &str,
+        request: Req,
+    ) -> Result<Resp, CallError<Err>> {
+        let deadline = self.deadline();
+        match self.route() {
+            Ok(Route::Local(def)) => self.call_local(def, method, request, deadline).await,
+            Ok(Route::Remote(addr)) => {
+                let (encoding, body) = self
+                    .call_remote(addr, method, self.encoding, deadline, |out| {
+                        codec::encode_into(self.encoding, &request, out)
+                    })
+                    .await?;
+                decode_reply(&body, encoding, &self.service, method, deadline)
+            }
+            Err(reason) => Err(CallError::Unreachable {
+                target: self.service.to_string(),
+                reason,
+            }),
+        }
+    }
+
+    /// Calls `method` with a JSON request and returns the JSON response, for callers that do
+    /// not know the service's types (routers, initiators, tools). The service decodes JSON into
+    /// its own types.
+    pub async fn call_json(
+        &self,
+        method: &str,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value, CallError<serde_json::Value>> {
+        let deadline = self.deadline();
+        let payload = serde_json::to_vec(request).map_err(|e| CallError::Rejected {
+            reason: RejectReason::BadRequest,
+            message: e.to_string(),
+        })?;
+        match self.route() {
+            Ok(Route::Local(def)) => {
+                let frame = self
+                    .call_local_encoded(def, method, Encoding::Json, &payload, deadline)
+                    .await?;
+                decode_reply(&frame[wire::HEADER_LEN..], Encoding::Json, &self.service, method, deadline)
+            }
+            Ok(Route::Remote(addr)) => {
+                let (encoding, body) = self
+                    .call_remote(addr, method, Encoding::Json, deadline, |out| {
+                        out.extend_from_slice(&payload);
+                        Ok(())
+                    })
+                    .await?;
+                decode_reply(&body, encoding, &self.service, method, deadline)
+            }
+            Err(reason) => Err(CallError::Unreachable {
+                target: self.service.to_string(),
+                reason,
+            }),
+        }
+    }
+
+    /// Same-process call: the request moves to the handler as a value, with the same deadline,
+    /// panic and cancellation semantics as a remote call.
+    async fn call_local<Req: Wire, Resp: Wire, Err: Wire>(
+        &self,
+        def: &ServiceDef,
+        method: &str,
+        request: Req,
+        deadline: Duration,
+    ) -> Result<Resp, CallError<Err>> {
+        let entry = def.method(method).ok_or_else(|| CallError::NotFound {
+            service: self.service.to_string(),
+            method: method.to_owned(),
+        })?;
+        let at = Instant::now() + deadline;
+        let ctx = Context::new(0, Some(at), false);
+        let fut = match entry.handler.call_local(ctx, Box::new(request)) {
+            Ok(fut) => fut,
+            Err(request) => {
+                // The caller's types differ from the service's: go through the codec, which
+                // accepts any compatible encoding, as a remote call would.
+                let request = request
+                    .downcast::<Req>()
+                    .map_err(|_| CallError::Internal("request type changed".to_owned()))?;
+                let payload = codec::encode(Encoding::Bincode, &*request).map_err(bad_request)?;
+                let frame = self
+                    .call_local_encoded(def, method, Encoding::Bincode, &payload, deadline)
+                    .await?;
+                return decode_reply(&frame[wire::HEADER_LEN..], Encoding::Bincode, &self.service, method, deadline);
+            }
+        };
+        let reply = run_guarded(fut, at, deadline).await?;
+        match reply.downcast::<Result<Resp, Err>>() {
+            Ok(result) => (*result).map_err(CallError::Service),
+            Err(_) => Err(CallError::Protocol(format!(
+                "{}.{method}: response or error type differs from the service's",
+                self.service
+            ))),
+        }
+    }
+
+    async fn call_local_encoded<E>(
+        &self,
+        def: &ServiceDef,
+        method: &str,
+        encoding: Encoding,
+        payload: &[u8],
+        deadline: Duration,
+    ) -> Result<Vec<u8>, CallError<E>> {
+        let entry = def.method(method).ok_or_else(|| CallError::NotFound {
+            service: self.service.to_string(),
+            method: method.to_owned(),
+        })?;
+        let at = Instant::now() + deadline;
+        let ctx = Context::new(0, Some(at), false);
+        let fut = entry
+            .handler
+            .call_wire(ctx, encoding, payload)
+            .map_err(bad_request)?;
+        run_guarded(fut, at, deadline).await
+    }
+
+    /// Sends one request to `addr`; returns the reply's encoding and body.
+    async fn call_remote<E>(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        encoding: Encoding,
+        deadline: Duration,
+        payload: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
+    ) -> Result<(Encoding, Vec<u8>), CallError<E>> {
+        if method.is_empty() || method.len() > wire::MAX_NAME_LEN || self.service.len() > wire::MAX_NAME_LEN {
+            return Err(CallError::Rejected {
+                reason: RejectReason::BadRequest,
+                message: "service and method names must be 1 to 255 bytes".to_owned(),
+            });
+        }
+        let config = self.node.config();
+        let peers = &self.node.inner().peers;
+        let target = addr.to_string();
+        let call = async {
+            let conn = peers.get(addr).await?;
+            let id = conn.next_id();
+            let mut frame = Vec::with_capacity(64);
+            let head = RequestHead {
+                encoding,
+                deadline: Some(deadline),
+                service: &self.service,
+                method,
+            };
+            let body_len = wire::write_request(&mut frame, id, &head, payload)
+                .map_err(|e| PeerError::Unreachable(format!("encode: {e}")))?;
+            if body_len > config.max_frame_size {
+                return Ok(Err(CallError::Rejected {
+                    reason: RejectReason::TooLarge,
+                    message: format!(
+                        "request of {body_len} bytes exceeds the limit of {}",
+                        config.max_frame_size
+                    ),
+                }));
+            }
+            let result = conn.call(id, frame, body_len >= config.large_message).await;
+            if matches!(result, Err(PeerError::Lost(_) | PeerError::Unreachable(_))) {
+                peers.forget(&conn);
+            }
+            result.map(Ok)
+        };
+        let body = match tokio::time::timeout(deadline, call).await {
+            Err(_) => return Err(CallError::DeadlineExceeded(deadline)),
+            Ok(Err(PeerError::Unreachable(reason))) => {
+                return Err(CallError::Unreachable { target, reason });
+            }
+            Ok(Err(PeerError::Lost(reason))) => {
+                return Err(CallError::ConnectionLost { target, reason });
+            }
+            Ok(Ok(Err(rejected))) => return Err(rejected),
+            Ok(Ok(Ok(body))) => body,
+        };
+        let encoding = body
+            .get(1)
+            .copied()
+            .and_then(Encoding::from_wire)
+            .unwrap_or(encoding);
+        Ok((encoding, body))
+    }
+}
+
+fn bad_request<E>(e: CodecError) -> CallError<E> {
+    CallError::Rejected {
+        reason: RejectReason::BadRequest,
+        message: e.to_string(),
+    }
+}
+
+/// Runs a local handler with the deadline and panic handling a remote call gets.
+async fn run_guarded<T, E>(
+    fut: crate::service::BoxFuture<T>,
+    at: Instant,
+    deadline: Duration,
+) -> Result<T, CallError<E>> {
+    match tokio::time::timeout_at(at.into(), AssertUnwindSafe(fut).catch_unwind()).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(panic)) => Err(CallError::Internal(format!(
+            "handler panicked: {}",
+            panic_message(&*panic)
+        ))),
+        Err(_) => Err(CallError::DeadlineExceeded(deadline)),
+    }
+}
+
+/// Turns a response body into the typed outcome.
+fn decode_reply<Resp: Wire, Err: Wire>(
+    body: &[u8],
+    _requested: Encoding,
+    service: &str,
+    method: &str,
+    deadline: Duration,
+) -> Result<Resp, CallError<Err>> {
+    let (status, encoding, payload) =
+        wire::parse_response(body).map_err(|e| CallError::Protocol(e.to_string()))?;
+    let message = || String::from_utf8_lossy(payload).into_owned();
+    match status {
+        Status::Ok => codec::decode(encoding, payload)
+            .map_err(|e| CallError::Protocol(format!("undecodable response: {e}"))),
+        Status::ServiceError => match codec::decode(encoding, payload) {
+            Ok(error) => Err(CallError::Service(error)),
+            Err(e) => Err(CallError::Protocol(format!("undecodable service error: {e}"))),
+        },
+        Status::NotFound => Err(CallError::NotFound {
+            service: service.to_owned(),
+            method: method.to_owned(),
+        }),
+        Status::DeadlineExceeded => Err(CallError::DeadlineExceeded(deadline)),
+        Status::BadRequest => Err(CallError::Rejected {
+            reason: RejectReason::BadRequest,
+            message: message(),
+        }),
+        Status::TooLarge => Err(CallError::Rejected {
+            reason: RejectReason::TooLarge,
+            message: message(),
+        }),
+        Status::Internal => Err(CallError::Internal(message())),
+        Status::Unavailable => Err(CallError::Unavailable(message())),
+    }
+}

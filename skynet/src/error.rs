@@ -1,0 +1,137 @@
+//! The errors at skynet's two public boundaries: making a call, and running a node.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::service::{ServiceDefError, ServiceError};
+use crate::tls::TlsError;
+
+/// Why a call did not produce the service's response. `E` is the service's own error type.
+///
+/// The variants separate what a caller acts on differently: [`CallError::Unreachable`] means
+/// the request never left, so any call may be retried; [`CallError::ConnectionLost`] means it
+/// may have run, so only idempotent calls may be retried.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError<E = ServiceError> {
+    /// The request was not sent: no connection could be made, or there is no address to call.
+    #[error("cannot reach {target}: {reason}")]
+    Unreachable {
+        /// The address or service that could not be reached.
+        target: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The request was sent but the connection broke before the reply came; it may have run.
+    #[error("connection to {target} lost during the call: {reason}")]
+    ConnectionLost {
+        /// The peer.
+        target: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The service ran and returned its own error value.
+    #[error("service error: {0}")]
+    Service(E),
+    /// The deadline passed before the reply came; the handler has been cancelled.
+    #[error("deadline of {0:?} exceeded")]
+    DeadlineExceeded(Duration),
+    /// The node has no such service or method.
+    #[error("no such service or method {service}.{method}")]
+    NotFound {
+        /// The service asked for.
+        service: String,
+        /// The method asked for.
+        method: String,
+    },
+    /// The request was refused before it ran.
+    #[error("request rejected ({reason}): {message}")]
+    Rejected {
+        /// The class of refusal.
+        reason: RejectReason,
+        /// The detail.
+        message: String,
+    },
+    /// The node is shutting down or at its concurrency limit; the call did not run and may be
+    /// retried elsewhere.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+    /// The handler panicked or its reply could not be encoded.
+    #[error("handler failed: {0}")]
+    Internal(String),
+    /// The reply could not be understood.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// Why a request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The request could not be decoded as the method's request type, or was malformed.
+    BadRequest,
+    /// The request was larger than the receiver's frame limit.
+    TooLarge,
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RejectReason::BadRequest => "bad request",
+            RejectReason::TooLarge => "too large",
+        })
+    }
+}
+
+impl<E> CallError<E> {
+    /// Whether the request certainly did not run, so that retrying it anywhere is safe.
+    pub fn is_safe_to_retry(&self) -> bool {
+        matches!(self, CallError::Unreachable { .. } | CallError::Unavailable(_))
+    }
+
+    /// Converts the service's error type, keeping every other variant.
+    pub fn map_service<F>(self, f: impl FnOnce(E) -> F) -> CallError<F> {
+        match self {
+            CallError::Service(e) => CallError::Service(f(e)),
+            CallError::Unreachable { target, reason } => CallError::Unreachable { target, reason },
+            CallError::ConnectionLost { target, reason } => {
+                CallError::ConnectionLost { target, reason }
+            }
+            CallError::DeadlineExceeded(d) => CallError::DeadlineExceeded(d),
+            CallError::NotFound { service, method } => CallError::NotFound { service, method },
+            CallError::Rejected { reason, message } => CallError::Rejected { reason, message },
+            CallError::Unavailable(m) => CallError::Unavailable(m),
+            CallError::Internal(m) => CallError::Internal(m),
+            CallError::Protocol(m) => CallError::Protocol(m),
+        }
+    }
+}
+
+/// A node could not be configured, started or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// No credentials were given.
+    #[error("no credentials: call .credentials(..) or .development_credentials(..)")]
+    NoCredentials,
+    /// Credentials could not be loaded or used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A hosted service is invalid.
+    #[error(transparent)]
+    Service(#[from] ServiceDefError),
+    /// Two hosted services share a name.
+    #[error("service {0:?} is hosted twice")]
+    DuplicateService(String),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        /// The address tried (the last one, for a range).
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}

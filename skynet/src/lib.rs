@@ -1,0 +1,122 @@
+//! skynet: distributed services that are very hard to kill.
+//!
+//! Write a service as an annotated async function, host it on a [`Node`], and call it from any
+//! other node over QUIC with mutual TLS 1.3, through a typed client.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use skynet::{Node, ServiceError};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! pub struct HelloRequest { pub name: String }
+//! #[derive(Serialize, Deserialize)]
+//! pub struct HelloResponse { pub greeting: String }
+//!
+//! #[skynet::service]
+//! async fn hello(req: HelloRequest) -> Result<HelloResponse, ServiceError> {
+//!     Ok(HelloResponse { greeting: format!("Hello {}", req.name) })
+//! }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let server = Node::builder().name("greeter").development_credentials(dir.path())
+//!     .service(hello).start().await?;
+//! let caller = Node::builder().name("caller").development_credentials(dir.path())
+//!     .start().await?;
+//! let reply = hello::client(&caller).at(server.local_addr())
+//!     .call(HelloRequest { name: "World".into() }).await?;
+//! assert_eq!(reply.greeting, "Hello World");
+//! # caller.shutdown().await; server.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Pieces
+//! - [`macro@service`] turns an async fn, or an `impl` block of async methods, into a hostable
+//!   service and a typed client. It expands to [`ServiceDef`] and [`ServiceClient`] calls that
+//!   can equally be written by hand.
+//! - [`Node`] binds one UDP socket that both serves and dials, and holds one connection per
+//!   peer. Calls carry deadlines; dropping a call cancels it on the server.
+//! - [`tls`] creates the cluster CA and node certificates, or does it all in development mode.
+//! - [`wire`] and [`codec`] are the frame format and payload encodings (`docs/protocol.md`).
+#![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
+
+mod client;
+pub mod codec;
+mod config;
+mod error;
+mod node;
+mod peer;
+mod server;
+mod service;
+pub mod tls;
+mod transport;
+pub mod wire;
+
+pub use client::ServiceClient;
+pub use codec::Encoding;
+pub use config::RpcConfig;
+pub use error::{CallError, NodeError, RejectReason};
+pub use node::{Node, NodeBuilder};
+pub use service::{
+    Context, IntoService, ServiceDef, ServiceDefBuilder, ServiceDefError, ServiceError, Wire,
+};
+pub use transport::Bind;
+
+/// Turns an async fn, or an `impl` block of async methods, into a service and a typed client.
+///
+/// # On a function
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] pub struct Req { n: u32 }
+/// # #[derive(Serialize, Deserialize)] pub struct Resp { n: u32 }
+/// #[skynet::service(version = "1.0.0", idempotent)]
+/// async fn double(ctx: skynet::Context, req: Req) -> Result<Resp, skynet::ServiceError> {
+///     Ok(Resp { n: req.n * 2 })
+/// }
+/// ```
+///
+/// The function's name becomes a unit struct: pass `double` to
+/// [`NodeBuilder::service`], call `double::client(&node)` for a `DoubleClient` with a
+/// `call(req)` method, and `double::run(ctx, req)` to run the body directly. The service and
+/// its one method are both named after the function unless `name = "..."` says otherwise.
+///
+/// # On an impl block
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # use skynet::ServiceError;
+/// pub struct Widgets { /* state */ }
+///
+/// #[skynet::service(name = "widgets", version = "1.2.0")]
+/// impl Widgets {
+///     #[idempotent]
+///     async fn get(&self, id: u64) -> Result<String, ServiceError> { Ok(format!("widget {id}")) }
+///     async fn put(&self, ctx: skynet::Context, name: String) -> Result<u64, ServiceError> { Ok(1) }
+/// }
+/// ```
+///
+/// Pass a `Widgets` value to [`NodeBuilder::service`]; `Widgets::client(&node)` returns a
+/// `WidgetsClient` with one async method per service method.
+///
+/// # Options
+/// `name = "..."`, `version = "x.y.z"` (default `0.1.0`), `idempotent` (functions only; use
+/// `#[idempotent]` on methods), `crate = "path"` (where skynet is, if renamed).
+///
+/// Methods take `&self` (impl blocks), optionally a [`Context`] first, and exactly one
+/// request; they return `Result<Response, Error>` where all three types are serde types.
+pub use skynet_macros::service;
+
+/// Items the generated code refers to. Not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::client::ServiceClient;
+    pub use crate::error::CallError;
+    pub use crate::node::Node;
+    pub use crate::service::{Context, IntoService, ServiceDef, ServiceDefError, Wire};
+    pub use ::core;
+    pub use ::std;
+
+    /// Compile-time check that a type can cross the wire; its span points at the user's type.
+    pub const fn assert_wire<T: Wire>() {}
+}

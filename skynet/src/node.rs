@@ -1,0 +1,244 @@
+//! A node: one process's membership in the cluster. It hosts services and calls others.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::ServiceClient;
+use crate::config::RpcConfig;
+use crate::error::NodeError;
+use crate::peer::Peers;
+use crate::server::{self, InFlight, ServerState};
+use crate::service::{IntoService, ServiceDef, ServiceDefError};
+use crate::tls::Credentials;
+use crate::transport::{self, Bind};
+
+enum CredentialSource {
+    Given(Credentials),
+    Development(PathBuf),
+}
+
+/// Configures and starts a [`Node`].
+#[must_use = "a builder does nothing until start() is awaited"]
+pub struct NodeBuilder {
+    name: String,
+    bind: Bind,
+    credentials: Option<CredentialSource>,
+    services: Vec<Result<ServiceDef, ServiceDefError>>,
+    config: RpcConfig,
+}
+
+impl NodeBuilder {
+    /// The node's name: used in its certificate and in logs. Default `"node"`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Listens on `addr`; port 0 picks a free port. Default `127.0.0.1:0`.
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.bind = Bind::Addr(addr);
+        self
+    }
+
+    /// Listens on the first free port of `ports` on `ip`.
+    pub fn bind_range(
+        mut self,
+        ip: std::net::IpAddr,
+        ports: std::ops::RangeInclusive<u16>,
+    ) -> Self {
+        self.bind = Bind::Range(ip, ports);
+        self
+    }
+
+    /// The cluster credentials this node presents and verifies peers against.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(CredentialSource::Given(credentials));
+        self
+    }
+
+    /// Development mode: keeps a cluster CA in `dir` (created on first use) and issues this
+    /// node's certificate from it. Every process pointed at the same directory joins the same
+    /// cluster. See [`Credentials::development`].
+    pub fn development_credentials(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.credentials = Some(CredentialSource::Development(dir.into()));
+        self
+    }
+
+    /// Hosts a service: a `#[skynet::service]` value or a [`ServiceDef`].
+    pub fn service(mut self, service: impl IntoService) -> Self {
+        self.services.push(service.into_service());
+        self
+    }
+
+    /// Transport limits and timers.
+    pub fn config(mut self, config: RpcConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Validates everything, binds the socket and starts serving. Must run inside a Tokio
+    /// runtime.
+    pub async fn start(self) -> Result<Node, NodeError> {
+        self.config.validate()?;
+        let credentials = match self.credentials {
+            Some(CredentialSource::Given(c)) => c,
+            Some(CredentialSource::Development(dir)) => Credentials::development(dir, &self.name)?,
+            None => return Err(NodeError::NoCredentials),
+        };
+        let mut services = HashMap::new();
+        for def in self.services {
+            let def = def?;
+            let name: Box<str> = def.name().into();
+            if services.contains_key(&name) {
+                return Err(NodeError::DuplicateService(name.into()));
+            }
+            services.insert(name, def);
+        }
+        let (endpoint, server_config) = transport::endpoint(&credentials, &self.config, &self.bind)?;
+        let addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        let services = Arc::new(services);
+        let server = Arc::new(ServerState {
+            services: services.clone(),
+            config: self.config.clone(),
+            inflight: InFlight::default(),
+            closing: CancellationToken::new(),
+            writers: TaskTracker::new(),
+        });
+        tokio::spawn(server::accept_loop(endpoint.clone(), server.clone()));
+        tracing::info!(name = %self.name, %addr, services = services.len(), "node started");
+        Ok(Node {
+            inner: Arc::new(NodeInner {
+                name: self.name,
+                addr,
+                peers: Peers::new(endpoint.clone(), self.config.clone()),
+                endpoint,
+                _server_config: server_config,
+                services,
+                server,
+                config: self.config,
+                shut_down: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// A running member of the cluster: hosts services and calls others over QUIC with mutual
+/// TLS. Cheap to clone; the node runs until [`Node::shutdown`] or until the last clone drops.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let node = skynet::Node::builder()
+///     .name("greeter")
+///     .development_credentials("/tmp/skynet-dev")
+///     .start()
+///     .await?;
+/// println!("listening on {}", node.local_addr());
+/// node.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+pub(crate) struct NodeInner {
+    name: String,
+    addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    // Kept so the endpoint can be told to accept again if shutdown is ever made reversible.
+    _server_config: quinn::ServerConfig,
+    services: Arc<HashMap<Box<str>, ServiceDef>>,
+    server: Arc<ServerState>,
+    pub(crate) peers: Peers,
+    pub(crate) config: RpcConfig,
+    shut_down: AtomicBool,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.inner.name)
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Starts configuring a node.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder {
+            name: "node".to_owned(),
+            bind: Bind::default(),
+            credentials: None,
+            services: Vec::new(),
+            config: RpcConfig::default(),
+        }
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The address peers reach this node at.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The transport settings in force.
+    pub fn config(&self) -> &RpcConfig {
+        &self.inner.config
+    }
+
+    /// A client for `service`, by name. Generated clients wrap one of these.
+    pub fn client(&self, service: &str) -> ServiceClient {
+        ServiceClient::new(self, service)
+    }
+
+    pub(crate) fn local_service(&self, name: &str) -> Option<&ServiceDef> {
+        self.inner.services.get(name)
+    }
+
+    pub(crate) fn inner(&self) -> &NodeInner {
+        &self.inner
+    }
+
+    /// Stops gracefully: refuses new connections and calls (callers see `Unavailable` and may
+    /// go elsewhere), waits up to [`RpcConfig::drain_timeout`] for accepted calls to finish,
+    /// delivers their replies, then closes every connection. Idempotent.
+    pub async fn shutdown(&self) {
+        let inner = &self.inner;
+        if inner.shut_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        inner.endpoint.set_server_config(None);
+        let left = inner.server.inflight.drain(inner.config.drain_timeout).await;
+        if left > 0 {
+            tracing::warn!(left, "drain timeout passed with calls still running");
+        }
+        inner.server.closing.cancel();
+        inner.server.writers.close();
+        let _ = tokio::time::timeout(Duration::from_secs(3), inner.server.writers.wait()).await;
+        inner.peers.close_all();
+        inner.endpoint.close(0u32.into(), b"node shut down");
+        let _ = tokio::time::timeout(Duration::from_secs(3), inner.endpoint.wait_idle()).await;
+        tracing::info!(name = %inner.name, "node stopped");
+    }
+}
+
+impl Drop for NodeInner {
+    fn drop(&mut self) {
+        // Without this the accept loop keeps the endpoint, and the port, alive.
+        self.endpoint.close(0u32.into(), b"node dropped");
+    }
+}

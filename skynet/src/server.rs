@@ -1,0 +1,372 @@
+//! The serving side: accepted connections, their streams, and dispatch to handlers.
+//!
+//! Each stream is read frame by frame. A request's handler is polled once inline, on the
+//! reader's task, and only spawned if it is not finished: most handlers complete at once and
+//! skip the cost of a task, while a slow handler gets a task of its own and cannot hold up the
+//! calls behind it. Replies go through one writer per stream that coalesces every queued frame
+//! into one write, so many replies share a packet.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt as _;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::RpcConfig;
+use crate::service::{BoxFuture, Context, ServiceDef};
+use crate::transport::{Incoming, read_frame};
+use crate::wire::{self, FrameKind, Status};
+
+/// Bytes gathered into one write by a stream writer before it flushes.
+const WRITE_BATCH: usize = 64 << 10;
+
+/// State shared by everything that serves calls on one node.
+pub(crate) struct ServerState {
+    pub(crate) services: Arc<HashMap<Box<str>, ServiceDef>>,
+    pub(crate) config: RpcConfig,
+    pub(crate) inflight: InFlight,
+    /// Cancelled once every accepted call has finished during shutdown: writers flush and
+    /// finish their streams.
+    pub(crate) closing: CancellationToken,
+    /// Stream writers, awaited during shutdown so no queued reply is lost.
+    pub(crate) writers: TaskTracker,
+}
+
+/// Counts accepted calls so a shutdown can wait for them, and refuses new ones once draining.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    count: AtomicUsize,
+    draining: AtomicBool,
+    idle: Notify,
+}
+
+pub(crate) struct InFlightGuard<'a>(&'a InFlight);
+
+impl InFlight {
+    /// Admits a call unless the node is draining. The increment comes before the check, and
+    /// `drain` sets the flag before it reads the count (both SeqCst), so a call is either
+    /// refused or counted: never accepted and missed.
+    fn enter(&self) -> Option<InFlightGuard<'_>> {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlightGuard(self);
+        (!self.draining.load(Ordering::SeqCst)).then_some(guard)
+    }
+
+    /// Refuses new calls and waits until the accepted ones have finished or `limit` passes.
+    /// Returns how many were still running at the limit.
+    pub(crate) async fn drain(&self, limit: Duration) -> usize {
+        self.draining.store(true, Ordering::SeqCst);
+        let wait = async {
+            loop {
+                let idle = self.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.count.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Per-connection state: the handlers that run in tasks, by request id, so a cancel frame or a
+/// lost connection can stop them; and the number of calls running.
+#[derive(Default)]
+struct ConnState {
+    spawned: Mutex<HashMap<u64, AbortHandle>>,
+    running: AtomicUsize,
+}
+
+impl ConnState {
+    fn abort(&self, id: u64) {
+        let handle = self
+            .spawned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(handle) = handle {
+            handle.abort();
+        }
+    }
+
+    fn abort_all(&self) {
+        let handles: Vec<_> = self
+            .spawned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for handle in handles {
+            handle.abort();
+        }
+    }
+}
+
+/// Releases a connection's concurrency slot when a call ends, however it ends.
+struct Slot(Arc<ConnState>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts connections until the endpoint closes.
+pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<ServerState>) {
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(serve_connection(incoming, state.clone()));
+    }
+}
+
+async fn serve_connection(incoming: quinn::Incoming, state: Arc<ServerState>) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            // Includes peers whose certificate is not from the cluster CA.
+            tracing::debug!(%remote, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let conn_state = Arc::new(ConnState::default());
+    loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(serve_stream(send, recv, state.clone(), conn_state.clone()));
+            }
+            Err(e) => {
+                tracing::debug!(%remote, reason = %e, "connection closed");
+                break;
+            }
+        }
+    }
+    // The caller is gone: nobody will read these replies.
+    conn_state.abort_all();
+}
+
+async fn serve_stream(
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    state: Arc<ServerState>,
+    conn: Arc<ConnState>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    state
+        .writers
+        .spawn(write_loop(send, rx, state.closing.clone()));
+    let mut reader = tokio::io::BufReader::with_capacity(WRITE_BATCH, recv);
+    let limit = state.config.max_frame_size;
+    loop {
+        match read_frame(&mut reader, limit).await {
+            Ok(Incoming::Frame(header, body)) => match header.kind {
+                FrameKind::Request => dispatch(header.id, &body, &tx, &state, &conn),
+                FrameKind::Cancel => conn.abort(header.id),
+                FrameKind::Response => {
+                    tracing::debug!("peer sent a response frame to a server stream");
+                    break;
+                }
+            },
+            Ok(Incoming::Oversized {
+                kind: FrameKind::Request,
+                id,
+                body_len,
+                limit,
+            }) => {
+                let message = format!("request of {body_len} bytes exceeds the limit of {limit}");
+                send_message(&tx, id, Status::TooLarge, &message);
+            }
+            Ok(Incoming::Oversized { .. }) => {}
+            Ok(Incoming::End) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "request stream failed");
+                break;
+            }
+        }
+    }
+    // Dropping our sender lets the writer finish the stream once the last running handler of
+    // this stream has replied.
+}
+
+fn send_message(tx: &mpsc::UnboundedSender<Vec<u8>>, id: u64, status: Status, message: &str) {
+    let mut frame = Vec::with_capacity(wire::HEADER_LEN + 2 + message.len());
+    wire::write_response_message(&mut frame, id, status, message);
+    let _ = tx.send(frame);
+}
+
+fn dispatch(
+    id: u64,
+    body: &[u8],
+    tx: &mpsc::UnboundedSender<Vec<u8>>,
+    state: &Arc<ServerState>,
+    conn: &Arc<ConnState>,
+) {
+    let (head, payload) = match wire::parse_request(body) {
+        Ok(parts) => parts,
+        Err(e) => return send_message(tx, id, Status::BadRequest, &e.to_string()),
+    };
+    let Some(method) = state
+        .services
+        .get(head.service)
+        .and_then(|s| s.method(head.method))
+    else {
+        let message = format!("no method {}.{} here", head.service, head.method);
+        return send_message(tx, id, Status::NotFound, &message);
+    };
+    let Some(guard) = state.inflight.enter() else {
+        return send_message(tx, id, Status::Unavailable, "node is shutting down");
+    };
+    if conn.running.fetch_add(1, Ordering::Relaxed) >= state.config.max_concurrent_calls {
+        conn.running.fetch_sub(1, Ordering::Relaxed);
+        return send_message(tx, id, Status::Unavailable, "too many concurrent calls");
+    }
+    let slot = Slot(conn.clone());
+    let deadline = head.deadline.map(|d| Instant::now() + d);
+    let ctx = Context::new(id, deadline, true);
+    let handler = match method.handler.call_wire(ctx, head.encoding, payload) {
+        Ok(fut) => fut,
+        Err(e) => return send_message(tx, id, Status::BadRequest, &e.to_string()),
+    };
+    let mut call = guarded(id, handler, deadline);
+
+    // Hybrid dispatch: one inline poll. A no-op waker is enough because a call that is not
+    // ready is handed to a task, whose first poll registers the real waker.
+    let mut cx = std::task::Context::from_waker(Waker::noop());
+    if let Poll::Ready(frame) = call.as_mut().poll(&mut cx) {
+        let _ = tx.send(frame);
+        drop((slot, guard));
+        return;
+    }
+    let tx = tx.clone();
+    let state = state.clone();
+    let conn_for_task = conn.clone();
+    // Hold the map lock across spawn and insert, so the task's own removal cannot run first
+    // and leave a stale handle behind.
+    let mut spawned = conn.spawned.lock().unwrap_or_else(PoisonError::into_inner);
+    let task = tokio::spawn(async move {
+        // The guard borrows from the state, so it is re-taken inside the task; the inline one
+        // is released only after, keeping the count above zero throughout.
+        let _guard = state.inflight.enter_unchecked();
+        let _slot = slot;
+        let frame = call.await;
+        conn_for_task
+            .spawned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        let _ = tx.send(frame);
+    });
+    spawned.insert(id, task.abort_handle());
+    drop(spawned);
+    drop(guard);
+}
+
+impl InFlight {
+    /// Counts a call that was already admitted by [`InFlight::enter`] and moves to a task.
+    fn enter_unchecked(&self) -> InFlightGuard<'_> {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self)
+    }
+}
+
+/// Wraps a handler so that a panic or a passed deadline still produces a reply.
+fn guarded(id: u64, handler: BoxFuture<Vec<u8>>, deadline: Option<Instant>) -> BoxFuture<Vec<u8>> {
+    Box::pin(async move {
+        let caught = AssertUnwindSafe(handler).catch_unwind();
+        let outcome = match deadline {
+            Some(at) => tokio::time::timeout_at(at.into(), caught).await,
+            None => Ok(caught.await),
+        };
+        match outcome {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(panic)) => {
+                let what = panic_message(&panic);
+                tracing::error!(request_id = id, panic = %what, "handler panicked");
+                let mut frame = Vec::new();
+                wire::write_response_message(
+                    &mut frame,
+                    id,
+                    Status::Internal,
+                    &format!("handler panicked: {what}"),
+                );
+                frame
+            }
+            Err(_) => {
+                let mut frame = Vec::new();
+                wire::write_response_message(
+                    &mut frame,
+                    id,
+                    Status::DeadlineExceeded,
+                    "deadline passed while the handler ran",
+                );
+                frame
+            }
+        }
+    })
+}
+
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+/// Writes replies, coalescing whatever is queued into one write. Ends when every sender is
+/// gone (the stream is finished) or when the node closes (queued replies are flushed first).
+async fn write_loop(
+    mut send: quinn::SendStream,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    closing: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut closed = false;
+    loop {
+        let first = tokio::select! {
+            frame = rx.recv() => frame,
+            () = closing.cancelled(), if !closed => { closed = true; rx.try_recv().ok() }
+        };
+        let Some(first) = first else { break };
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(frame) => batch.extend_from_slice(&frame),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = send.write_all(&batch).await {
+            tracing::debug!(error = %e, "reply stream failed");
+            return;
+        }
+        if closed && rx.is_empty() {
+            break;
+        }
+    }
+    let _ = send.finish();
+    if closed {
+        // Wait until the peer has the replies before the connection is closed under them.
+        let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    }
+}

@@ -1,0 +1,401 @@
+//! Cluster credentials: a private certificate authority and the node certificates it signs.
+//!
+//! Every member of a cluster holds the CA certificate and a certificate of its own signed by that
+//! CA. Connections are TLS 1.3 with both sides presenting and verifying a certificate, so a
+//! process without the cluster's credentials can neither serve nor call. The rustls `ring`
+//! provider is passed explicitly; skynet never installs or relies on a process-wide default.
+//!
+//! ```no_run
+//! use skynet::tls::{ClusterCa, Credentials};
+//! # fn main() -> Result<(), skynet::tls::TlsError> {
+//! // Once, for the whole cluster, by an operator:
+//! let ca = ClusterCa::generate()?;
+//! ca.write_to_dir("/etc/skynet")?;
+//! // For each node:
+//! let creds: Credentials = ca.issue("router-1")?;
+//! creds.write_to_dir("/etc/skynet", "router-1")?;
+//! // On a developer machine, one call does both, idempotently:
+//! let creds = Credentials::development("/tmp/skynet-dev", "router-1")?;
+//! # Ok(()) }
+//! ```
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The name every node certificate carries and every client asks for (TLS SNI). Any holder of a
+/// certificate from the cluster CA is a trusted member, so the name only has to be shared.
+pub const CLUSTER_SERVER_NAME: &str = "cluster.skynet";
+
+/// Credentials could not be created, read or used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// Reading or writing a credentials file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A PEM file held no usable certificate or key.
+    #[error("{path}: {message}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// Generating or signing a certificate failed.
+    #[error("certificate generation failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls refused the credentials.
+    #[error("TLS configuration rejected: {0}")]
+    Config(#[from] rustls::Error),
+    /// The node name cannot be used in a certificate or file name.
+    #[error("invalid node name {0:?}: use 1-64 ASCII letters, digits, '-', '_' or '.'")]
+    NodeName(String),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn pem_error(path: &Path, message: impl Into<String>) -> TlsError {
+    TlsError::Pem {
+        path: path.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn check_node_name(name: &str) -> Result<(), TlsError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(TlsError::NodeName(name.to_owned()))
+    }
+}
+
+/// The cluster's certificate authority: signs node certificates.
+pub struct ClusterCa {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCa").finish_non_exhaustive()
+    }
+}
+
+const CA_CERT_FILE: &str = "ca.pem";
+const CA_KEY_FILE: &str = "ca.key";
+
+impl ClusterCa {
+    /// Creates a new CA with a fresh key.
+    pub fn generate() -> Result<Self, TlsError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "skynet cluster CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a CA written by [`ClusterCa::write_to_dir`].
+    pub fn load_dir(dir: impl AsRef<Path>) -> Result<Self, TlsError> {
+        let dir = dir.as_ref();
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
+        let cert_pem = fs::read_to_string(&cert_path).map_err(io_error(&cert_path))?;
+        let key_pem = fs::read_to_string(&key_path).map_err(io_error(&key_path))?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| pem_error(&key_path, e.to_string()))?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
+            .map_err(|e| pem_error(&cert_path, e.to_string()))?;
+        Ok(Self {
+            issuer,
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// Writes `ca.pem` and `ca.key` (mode 0600) into `dir`, creating it. Existing files are
+    /// never overwritten: that would orphan every certificate the old CA signed.
+    pub fn write_to_dir(&self, dir: impl AsRef<Path>) -> Result<(), TlsError> {
+        let dir = dir.as_ref();
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        // Key first: a reader that finds ca.pem can rely on ca.key being complete.
+        write_new(&dir.join(CA_KEY_FILE), self.key_pem.as_bytes())?;
+        write_new(&dir.join(CA_CERT_FILE), self.cert_pem.as_bytes())
+    }
+
+    /// The CA certificate in PEM form, to distribute to members.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Signs a certificate for the node `name` with a fresh key.
+    pub fn issue(&self, name: &str) -> Result<Credentials, TlsError> {
+        check_node_name(name)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(vec![CLUSTER_SERVER_NAME.to_owned()])?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Credentials::from_pem(
+            self.cert_pem.as_bytes(),
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+            Path::new("<generated>"),
+        )
+    }
+}
+
+/// Creates `path` with `bytes`, failing if it exists; the file is only visible once complete.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = fs::File::create(&tmp).map_err(io_error(&tmp))?;
+    restrict_permissions(&file, &tmp)?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(&tmp))?;
+    // hard_link refuses to replace an existing file, which makes concurrent creators safe.
+    let linked = fs::hard_link(&tmp, path).map_err(io_error(path));
+    let _ = fs::remove_file(&tmp);
+    linked
+}
+
+#[cfg(unix)]
+fn restrict_permissions(file: &fs::File, path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(io_error(path))
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_: &fs::File, _: &Path) -> Result<(), TlsError> {
+    Ok(())
+}
+
+/// What a node needs to join a cluster: the CA certificate, its own certificate chain and key.
+#[derive(Clone)]
+pub struct Credentials {
+    ca: CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivateKeyDer<'static>>,
+    // Kept as given so they can be written out again byte for byte.
+    chain_pem: Arc<[u8]>,
+    key_pem: Arc<[u8]>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    /// Parses PEM text: the CA certificate, the node's certificate chain and its private key.
+    /// `origin` names the source in errors.
+    pub fn from_pem(
+        ca_pem: &[u8],
+        chain_pem: &[u8],
+        key_pem: &[u8],
+        origin: &Path,
+    ) -> Result<Self, TlsError> {
+        let ca = CertificateDer::from_pem_slice(ca_pem)
+            .map_err(|e| pem_error(origin, format!("CA certificate: {e}")))?;
+        let chain = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_error(origin, format!("certificate chain: {e}")))?;
+        if chain.is_empty() {
+            return Err(pem_error(origin, "no certificate in the chain"));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| pem_error(origin, format!("private key: {e}")))?;
+        Ok(Self {
+            ca,
+            chain,
+            key: Arc::new(key),
+            chain_pem: chain_pem.into(),
+            key_pem: key_pem.into(),
+        })
+    }
+
+    /// Loads `ca.pem`, `<name>.pem` and `<name>.key` from `dir`.
+    pub fn load_dir(dir: impl AsRef<Path>, name: &str) -> Result<Self, TlsError> {
+        check_node_name(name)?;
+        let dir = dir.as_ref();
+        let read = |file: String| {
+            let path = dir.join(file);
+            fs::read(&path).map_err(io_error(&path))
+        };
+        Self::from_pem(
+            &read(CA_CERT_FILE.to_owned())?,
+            &read(format!("{name}.pem"))?,
+            &read(format!("{name}.key"))?,
+            dir,
+        )
+    }
+
+    /// Writes `<name>.pem` and `<name>.key` (mode 0600) into `dir`; never overwrites.
+    pub fn write_to_dir(&self, dir: impl AsRef<Path>, name: &str) -> Result<(), TlsError> {
+        check_node_name(name)?;
+        let dir = dir.as_ref();
+        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        write_new(&dir.join(format!("{name}.key")), &self.key_pem)?;
+        write_new(&dir.join(format!("{name}.pem")), &self.chain_pem)
+    }
+
+    /// Development mode: uses the CA in `dir`, creating it on first use, and the node's
+    /// certificate there, issuing it on first use. Safe when several processes start at once.
+    /// Keep such a directory to one machine: its CA key signs for the whole cluster.
+    pub fn development(dir: impl AsRef<Path>, name: &str) -> Result<Self, TlsError> {
+        check_node_name(name)?;
+        let dir = dir.as_ref();
+        if !dir.join(CA_CERT_FILE).exists() {
+            match ClusterCa::generate()?.write_to_dir(dir) {
+                Ok(()) => {}
+                // Another process won the race; use its CA.
+                Err(TlsError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match Self::load_dir(dir, name) {
+            Ok(creds) => Ok(creds),
+            Err(TlsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                let creds = ClusterCa::load_dir(dir)?.issue(name)?;
+                match creds.write_to_dir(dir, name) {
+                    Ok(()) => Ok(creds),
+                    Err(TlsError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                    {
+                        Self::load_dir(dir, name)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn roots(&self) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone())?;
+        Ok(Arc::new(roots))
+    }
+
+    /// A TLS 1.3 server configuration that demands a client certificate from the cluster CA.
+    pub(crate) fn server_config(
+        &self,
+        alpn: &[u8],
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<rustls::ServerConfig, TlsError> {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots()?,
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(config)
+    }
+
+    /// A TLS 1.3 client configuration that trusts only the cluster CA and presents our
+    /// certificate.
+    pub(crate) fn client_config(
+        &self,
+        alpn: &[u8],
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<rustls::ClientConfig, TlsError> {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_credentials_survive_a_round_trip_through_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = ClusterCa::generate().expect("ca");
+        ca.write_to_dir(dir.path()).expect("write ca");
+        let creds = ca.issue("node-1").expect("issue");
+        creds.write_to_dir(dir.path(), "node-1").expect("write node");
+        let loaded = Credentials::load_dir(dir.path(), "node-1").expect("load");
+        assert_eq!(loaded.chain, creds.chain);
+        assert_eq!(loaded.ca, creds.ca);
+        let reloaded_ca = ClusterCa::load_dir(dir.path()).expect("load ca");
+        reloaded_ca.issue("node-2").expect("reloaded CA can sign");
+    }
+
+    #[test]
+    fn files_are_never_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        ClusterCa::generate()
+            .and_then(|ca| ca.write_to_dir(dir.path()))
+            .expect("first");
+        let second = ClusterCa::generate().and_then(|ca| ca.write_to_dir(dir.path()));
+        assert!(matches!(second, Err(TlsError::Io { .. })));
+    }
+
+    #[test]
+    fn development_mode_shares_one_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = Credentials::development(dir.path(), "a").expect("a");
+        let b = Credentials::development(dir.path(), "b").expect("b");
+        let a_again = Credentials::development(dir.path(), "a").expect("a again");
+        assert_eq!(a.ca, b.ca);
+        assert_eq!(a.chain, a_again.chain);
+    }
+
+    #[test]
+    fn bad_names_and_bad_pem_are_typed_errors() {
+        let ca = ClusterCa::generate().expect("ca");
+        assert!(matches!(ca.issue("../etc"), Err(TlsError::NodeName(_))));
+        assert!(matches!(ca.issue(""), Err(TlsError::NodeName(_))));
+        let err = Credentials::from_pem(b"junk", b"junk", b"junk", Path::new("x"));
+        assert!(matches!(err, Err(TlsError::Pem { .. })));
+    }
+}

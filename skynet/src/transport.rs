@@ -1,0 +1,189 @@
+//! The QUIC endpoint (one UDP socket that both serves and dials) and frame reading.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+
+use crate::config::RpcConfig;
+use crate::error::NodeError;
+use crate::tls::{Credentials, TlsError};
+use crate::wire::{self, FrameKind, HEADER_LEN, Header, HeaderError};
+
+/// ALPN of skynet's RPC protocol; the version in it changes only with an incompatible frame
+/// format.
+pub(crate) const ALPN: &[u8] = b"skynet/1";
+
+/// Where a node listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bind {
+    /// One address; port 0 asks the OS for a free port.
+    Addr(SocketAddr),
+    /// The first free port of a range on one IP, tried in order.
+    Range(IpAddr, RangeInclusive<u16>),
+}
+
+impl Default for Bind {
+    fn default() -> Self {
+        Bind::Addr(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+}
+
+fn transport_config(config: &RpcConfig) -> Result<Arc<quinn::TransportConfig>, NodeError> {
+    let mut t = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
+        .map_err(|_| NodeError::Config("idle_timeout out of range".to_owned()))?;
+    t.max_idle_timeout(Some(idle))
+        .keep_alive_interval(Some(config.keep_alive))
+        .max_concurrent_bidi_streams(1024u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        // Loopback and LAN round trips are far below quinn's 333 ms default guess; a low
+        // initial estimate keeps the first loss-recovery timers short.
+        .initial_rtt(std::time::Duration::from_millis(10));
+    Ok(Arc::new(t))
+}
+
+/// Builds the endpoint: mutual TLS 1.3 with the cluster CA, the ring provider passed
+/// explicitly, large socket buffers, and the node's bind policy.
+pub(crate) fn endpoint(
+    creds: &Credentials,
+    config: &RpcConfig,
+    bind: &Bind,
+) -> Result<(quinn::Endpoint, quinn::ServerConfig), NodeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let transport = transport_config(config)?;
+
+    let server_tls = creds.server_config(ALPN, &provider)?;
+    let server_tls = QuicServerConfig::try_from(server_tls)
+        .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
+    server.transport_config(transport.clone());
+
+    let client_tls = creds.client_config(ALPN, &provider)?;
+    let client_tls = QuicClientConfig::try_from(client_tls)
+        .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
+    client.transport_config(transport);
+
+    let socket = bind_socket(bind, config.socket_buffer)?;
+    let addr = socket.local_addr().map_err(|source| NodeError::Bind {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server.clone()),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| NodeError::Bind { addr, source })?;
+    endpoint.set_default_client_config(client);
+    Ok((endpoint, server))
+}
+
+fn bind_socket(bind: &Bind, buffer: usize) -> Result<UdpSocket, NodeError> {
+    let candidates: Vec<SocketAddr> = match bind {
+        Bind::Addr(addr) => vec![*addr],
+        Bind::Range(ip, ports) => ports.clone().map(|p| SocketAddr::new(*ip, p)).collect(),
+    };
+    let mut last = None;
+    for addr in candidates {
+        match bind_one(addr, buffer) {
+            Ok(socket) => return Ok(socket),
+            Err(source) => last = Some(NodeError::Bind { addr, source }),
+        }
+    }
+    Err(last.unwrap_or_else(|| NodeError::Config("empty port range".to_owned())))
+}
+
+fn bind_one(addr: SocketAddr, buffer: usize) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // The OS may cap these (net.core.rmem_max); a smaller buffer is a slower node, not an
+    // error, so failures are ignored.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// What came off a stream.
+pub(crate) enum Incoming {
+    /// A whole frame.
+    Frame(Header, Vec<u8>),
+    /// A frame over the limit; its body has been read and thrown away.
+    Oversized {
+        kind: FrameKind,
+        id: u64,
+        body_len: usize,
+        limit: usize,
+    },
+    /// The peer finished the stream cleanly between frames.
+    End,
+}
+
+/// A stream broke or carried something unreadable.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error("stream ended in the middle of a frame")]
+    Truncated,
+    #[error(transparent)]
+    Header(HeaderError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame. The length is checked before the body is allocated; an oversized body is
+/// skipped in bounded chunks so the stream stays usable.
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: usize,
+) -> Result<Incoming, ReadError> {
+    let mut header = [0u8; HEADER_LEN];
+    let mut filled = 0;
+    while filled < HEADER_LEN {
+        let n = reader.read(&mut header[filled..]).await?;
+        if n == 0 {
+            return if filled == 0 {
+                Ok(Incoming::End)
+            } else {
+                Err(ReadError::Truncated)
+            };
+        }
+        filled += n;
+    }
+    match wire::parse_header(&header, limit) {
+        Ok(h) => {
+            let mut body = vec![0u8; h.body_len];
+            reader
+                .read_exact(&mut body)
+                .await
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => ReadError::Truncated,
+                    _ => ReadError::Io(e),
+                })?;
+            Ok(Incoming::Frame(h, body))
+        }
+        Err(HeaderError::TooLarge {
+            kind,
+            id,
+            body_len,
+            limit,
+        }) => {
+            let skipped =
+                tokio::io::copy(&mut reader.take(body_len as u64), &mut tokio::io::sink()).await?;
+            if skipped != body_len as u64 {
+                return Err(ReadError::Truncated);
+            }
+            Ok(Incoming::Oversized {
+                kind,
+                id,
+                body_len,
+                limit,
+            })
+        }
+        Err(e) => Err(ReadError::Header(e)),
+    }
+}
