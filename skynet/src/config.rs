@@ -16,7 +16,7 @@ use crate::error::NodeError;
 /// assert!(config.validate().is_ok());
 /// ```
 #[derive(Clone, Debug)]
-#[non_exhaustive]
+
 pub struct RpcConfig {
     /// Largest frame body accepted or sent, in bytes. Checked from the header, before any
     /// allocation. Default 16 MiB.

@@ -298,7 +298,7 @@ fn guarded(id: u64, handler: BoxFuture<Vec<u8>>, deadline: Option<Instant>) -> B
         match outcome {
             Ok(Ok(frame)) => frame,
             Ok(Err(panic)) => {
-                let what = panic_message(&panic);
+                let what = panic_message(&*panic);
                 tracing::error!(request_id = id, panic = %what, "handler panicked");
                 let mut frame = Vec::new();
                 wire::write_response_message(

@@ -316,8 +316,10 @@ impl Credentials {
         Ok(Arc::new(roots))
     }
 
-    /// A TLS 1.3 server configuration that demands a client certificate from the cluster CA.
-    pub(crate) fn server_config(
+    /// A TLS 1.3 server configuration that demands a client certificate from the cluster CA,
+    /// with the given ALPN and crypto provider. skynet's own endpoint uses it; it is public so
+    /// tools and benchmarks can stand up a plain endpoint with the same trust.
+    pub fn server_config(
         &self,
         alpn: &[u8],
         provider: &Arc<CryptoProvider>,
@@ -337,8 +339,8 @@ impl Credentials {
     }
 
     /// A TLS 1.3 client configuration that trusts only the cluster CA and presents our
-    /// certificate.
-    pub(crate) fn client_config(
+    /// certificate, with the given ALPN and crypto provider.
+    pub fn client_config(
         &self,
         alpn: &[u8],
         provider: &Arc<CryptoProvider>,

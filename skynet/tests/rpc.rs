@@ -1,0 +1,460 @@
+//! Calls between real nodes over QUIC with mutual TLS on loopback.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use skynet::{
+    CallError, Context, Node, RejectReason, RpcConfig, ServiceDef, ServiceDefBuilder, ServiceError,
+};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+type TestResult = anyhow::Result<()>;
+
+/// Nodes that share one development CA in a temporary directory.
+struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    async fn node(&self, name: &str, services: Vec<ServiceDefBuilder>) -> Node {
+        self.node_with(name, services, RpcConfig::default()).await
+    }
+
+    async fn node_with(
+        &self,
+        name: &str,
+        services: Vec<ServiceDefBuilder>,
+        config: RpcConfig,
+    ) -> Node {
+        let mut builder = Node::builder()
+            .name(name)
+            .development_credentials(self.dir.path())
+            .config(config);
+        for service in services {
+            builder = builder.service(service);
+        }
+        builder.start().await.expect("node starts")
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Echo {
+    text: String,
+    remote: bool,
+}
+
+fn echo_service() -> ServiceDefBuilder {
+    ServiceDef::builder("echo", "1.0.0")
+        .idempotent_method("say", |ctx: Context, text: String| async move {
+            Ok::<_, ServiceError>(Echo {
+                text,
+                remote: ctx.is_remote(),
+            })
+        })
+        .method("fail", |_: Context, text: String| async move {
+            Err::<Echo, _>(ServiceError::new(text).with_code("refused"))
+        })
+        .method("panic", |_: Context, text: String| async move {
+            if !text.is_empty() {
+                panic!("asked to panic: {text}");
+            }
+            Ok::<String, ServiceError>(text)
+        })
+        .method("bytes", |_: Context, data: Vec<u8>| async move {
+            Ok::<_, ServiceError>(data.len())
+        })
+}
+
+async fn say(client: &skynet::ServiceClient, text: &str) -> Result<Echo, CallError> {
+    client.call("say", text.to_owned()).await
+}
+
+#[tokio::test]
+async fn round_trip_between_two_nodes() -> TestResult {
+    let cluster = Cluster::new();
+    let server = cluster.node("server", vec![echo_service()]).await;
+    let caller = cluster.node("caller", vec![]).await;
+    let client = caller.client("echo").at(server.local_addr());
+    let reply = say(&client, "hello").await?;
+    assert_eq!(
+        reply,
+        Echo {
+            text: "hello".into(),
+            remote: true
+        }
+    );
+
+    let err = client
+        .call::<_, Echo, ServiceError>("fail", "no".to_owned())
+        .await
+        .expect_err("service error");
+    match err {
+        CallError::Service(e) => {
+            assert_eq!((e.message(), e.code()), ("no", Some("refused")));
+        }
+        other => panic!("expected a service error, got {other:?}"),
+    }
+    caller.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn same_process_call_skips_the_network() -> TestResult {
+    let cluster = Cluster::new();
+    let node = cluster.node("solo", vec![echo_service()]).await;
+    let reply = say(&node.client("echo"), "local").await?;
+    assert!(!reply.remote, "a same-process call must not go over QUIC");
+    // Addressing our own address is also local.
+    let reply = say(&node.client("echo").at(node.local_addr()), "self").await?;
+    assert!(!reply.remote);
+    // Local calls keep remote semantics for errors.
+    let err = node
+        .client("echo")
+        .call::<_, String, ServiceError>("panic", "boom".to_owned())
+        .await
+        .expect_err("panic");
+    assert!(matches!(err, CallError::Internal(ref m) if m.contains("boom")), "{err}");
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_calls() -> TestResult {
+    let cluster = Cluster::new();
+    let server = cluster.node("server", vec![echo_service()]).await;
+    let caller = cluster.node("caller", vec![]).await;
+    let client = caller.client("echo").at(server.local_addr());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let client = client.clone();
+        tasks.spawn(async move { (i, say(&client, &i.to_string()).await) });
+    }
+    let mut ok = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (i, reply) = joined?;
+        assert_eq!(reply?.text, i.to_string());
+        ok += 1;
+    }
+    assert_eq!(ok, 1000);
+    caller.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// A service whose handler waits forever and reports when it starts and when it is dropped.
+fn stuck_service(started: mpsc::UnboundedSender<()>, dropped: mpsc::UnboundedSender<()>) -> ServiceDefBuilder {
+    struct OnDrop(mpsc::UnboundedSender<()>);
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    ServiceDef::builder("stuck", "1.0.0").method("wait", move |_: Context, _: ()| {
+        let started = started.clone();
+        let guard = OnDrop(dropped.clone());
+        async move {
+            let _guard = guard;
+            let _ = started.send(());
+            std::future::pending::<()>().await;
+            Ok::<(), ServiceError>(())
+        }
+    })
+}
+
+#[tokio::test]
+async fn deadline_exceeded_cancels_the_handler() -> TestResult {
+    let cluster = Cluster::new();
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
+    let server = cluster
+        .node("server", vec![stuck_service(started_tx, dropped_tx)])
+        .await;
+    let caller = cluster.node("caller", vec![]).await;
+    let client = caller
+        .client("stuck")
+        .at(server.local_addr())
+        .with_deadline(Duration::from_millis(200));
+    let err = client
+        .call::<_, (), ServiceError>("wait", ())
+        .await
+        .expect_err("must time out");
+    assert!(matches!(err, CallError::DeadlineExceeded(d) if d == Duration::from_millis(200)), "{err}");
+    started.recv().await.expect("handler ran");
+    dropped.recv().await.expect("handler was cancelled on the server");
+    caller.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn dropping_the_caller_cancels_the_handler_on_the_server() -> TestResult {
+    let cluster = Cluster::new();
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
+    let server = cluster
+        .node("server", vec![stuck_service(started_tx, dropped_tx)])
+        .await;
+    let caller = cluster.node("caller", vec![]).await;
+    let client = caller.client("stuck").at(server.local_addr());
+    let call = tokio::spawn(async move { client.call::<_, (), ServiceError>("wait", ()).await });
+    started.recv().await.expect("handler started");
+    call.abort();
+    dropped.recv().await.expect("server dropped the handler");
+    caller.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_requests_are_rejected_and_the_connection_keeps_working() -> TestResult {
+    let cluster = Cluster::new();
+    let server_config = RpcConfig {
+        max_frame_size: 64 << 10,
+        ..Default::default()
+    };
+    let server = cluster
+        .node_with("server", vec![echo_service()], server_config)
+        .await;
+    // Two callers: one sends big requests on their own stream (the default), the other on
+    // the shared call stream, so both of the server's paths are exercised.
+    let own_stream = cluster.node("caller-a", vec![]).await;
+    let shared_stream = cluster
+        .node_with(
+            "caller-b",
+            vec![],
+            RpcConfig {
+                large_message: 1 << 20,
+                ..Default::default()
+            },
+        )
+        .await;
+    for caller in [&own_stream, &shared_stream] {
+        let client = caller.client("echo").at(server.local_addr());
+        let err = client
+            .call::<_, usize, ServiceError>("bytes", vec![7u8; 100 << 10])
+            .await
+            .expect_err("too large");
+        assert!(
+            matches!(err, CallError::Rejected { reason: RejectReason::TooLarge, .. }),
+            "{err}"
+        );
+        let fits: usize = client.call::<_, _, ServiceError>("bytes", vec![7u8; 1000]).await?;
+        assert_eq!(fits, 1000);
+        assert_eq!(say(&client, "still here").await?.text, "still here");
+    }
+    // The caller's own limit is checked before anything is sent.
+    let err = own_stream
+        .client("echo")
+        .at(server.local_addr())
+        .call::<_, usize, ServiceError>("bytes", vec![0u8; 17 << 20])
+        .await
+        .expect_err("over the caller's limit");
+    assert!(matches!(err, CallError::Rejected { reason: RejectReason::TooLarge, .. }), "{err}");
+    for node in [own_stream, shared_stream, server] {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_peer_from_another_ca_is_refused() -> TestResult {
+    let cluster = Cluster::new();
+    let server = cluster.node("server", vec![echo_service()]).await;
+    let outsider_cluster = Cluster::new();
+    let outsider = outsider_cluster.node("outsider", vec![]).await;
+    let err = say(&outsider.client("echo").at(server.local_addr()), "let me in")
+        .await
+        .expect_err("handshake must fail");
+    assert!(matches!(err, CallError::Unreachable { .. }), "{err}");
+    // The server still serves its own cluster.
+    let member = cluster.node("member", vec![]).await;
+    say(&member.client("echo").at(server.local_addr()), "hi").await?;
+    for node in [outsider, member, server] {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_panicking_handler_becomes_an_error_and_the_node_keeps_serving() -> TestResult {
+    let cluster = Cluster::new();
+    let server = cluster.node("server", vec![echo_service()]).await;
+    let caller = cluster.node("caller", vec![]).await;
+    let client = caller.client("echo").at(server.local_addr());
+    for _ in 0..3 {
+        let err = client
+            .call::<_, String, ServiceError>("panic", "now".to_owned())
+            .await
+            .expect_err("panics");
+        assert!(matches!(err, CallError::Internal(ref m) if m.contains("asked to panic: now")), "{err}");
+        assert_eq!(say(&client, "alive").await?.text, "alive");
+    }
+    caller.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn json_call_to_a_typed_service() -> TestResult {
+    let cluster = Cluster::new();
+    let server = cluster.node("server", vec![echo_service()]).await;
+    let caller = cluster.node("caller", vec![]).await;
+    let client = caller.client("echo").at(server.local_addr());
+    let reply = client.call_json("say", &serde_json::json!("json in")).await?;
+    assert_eq!(reply, serde_json::json!({"text": "json in", "remote": true}));
+    let err = client
+        .call_json("fail", &serde_json::json!("nope"))
+        .await
+        .expect_err("service error");
+    match err {
+        CallError::Service(value) => assert_eq!(value["message"], "nope"),
+        other => panic!("expected a service error, got {other:?}"),
+    }
+    let err = client
+        .call_json("say", &serde_json::json!({"not": "a string"}))
+        .await
+        .expect_err("wrong shape");
+    assert!(matches!(err, CallError::Rejected { reason: RejectReason::BadRequest, .. }), "{err}");
+    // A typed client may choose JSON too.
+    let typed = say(&client.clone().with_encoding(skynet::Encoding::Json), "typed json").await?;
+    assert_eq!(typed.text, "typed json");
+    caller.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_service_and_method_are_not_found() -> TestResult {
+    let cluster = Cluster::new();
+    let server = cluster.node("server", vec![echo_service()]).await;
+    let caller = cluster.node("caller", vec![]).await;
+    for (service, method) in [("nope", "say"), ("echo", "nope")] {
+        let err = caller
+            .client(service)
+            .at(server.local_addr())
+            .call::<_, Echo, ServiceError>(method, "x".to_owned())
+            .await
+            .expect_err("not found");
+        assert!(matches!(err, CallError::NotFound { .. }), "{err}");
+    }
+    let err = say(&caller.client("echo"), "no address")
+        .await
+        .expect_err("nowhere to go");
+    assert!(matches!(err, CallError::Unreachable { .. }), "{err}");
+    caller.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_call_does_not_hold_up_fast_ones() -> TestResult {
+    let cluster = Cluster::new();
+    let release = Arc::new(Notify::new());
+    let gate = release.clone();
+    let slow = ServiceDef::builder("slow", "1.0.0").method("wait", move |_: Context, _: ()| {
+        let gate = gate.clone();
+        async move {
+            gate.notified().await;
+            Ok::<_, ServiceError>("released".to_owned())
+        }
+    });
+    let server = cluster.node("server", vec![echo_service(), slow]).await;
+    let caller = cluster.node("caller", vec![]).await;
+    let slow_client = caller.client("slow").at(server.local_addr());
+    let slow_call =
+        tokio::spawn(async move { slow_client.call::<_, String, ServiceError>("wait", ()).await });
+    let fast = caller.client("echo").at(server.local_addr());
+    for i in 0..200 {
+        say(&fast, &i.to_string()).await?;
+    }
+    assert!(!slow_call.is_finished(), "the slow call is still waiting");
+    release.notify_waiters();
+    assert_eq!(slow_call.await??, "released");
+    caller.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_loses_no_accepted_call() -> TestResult {
+    let cluster = Cluster::new();
+    let running = Arc::new(AtomicUsize::new(0));
+    let all_running = Arc::new(Notify::new());
+    const CALLS: usize = 50;
+    let (counter, notify) = (running.clone(), all_running.clone());
+    let work = ServiceDef::builder("work", "1.0.0").method("do", move |_: Context, n: u32| {
+        let (counter, notify) = (counter.clone(), notify.clone());
+        async move {
+            if counter.fetch_add(1, Ordering::SeqCst) + 1 == CALLS {
+                notify.notify_one();
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, ServiceError>(n * 2)
+        }
+    });
+    let server = cluster.node("server", vec![work]).await;
+    let caller = cluster.node("caller", vec![]).await;
+    let client = caller.client("work").at(server.local_addr());
+    let mut calls = tokio::task::JoinSet::new();
+    for n in 0..CALLS as u32 {
+        let client = client.clone();
+        calls.spawn(async move { (n, client.call::<_, u32, ServiceError>("do", n).await) });
+    }
+    all_running.notified().await;
+    let (done_tx, done_rx) = oneshot::channel();
+    let stopping = server.clone();
+    tokio::spawn(async move {
+        stopping.shutdown().await;
+        let _ = done_tx.send(());
+    });
+    while let Some(joined) = calls.join_next().await {
+        let (n, reply) = joined?;
+        assert_eq!(reply?, n * 2, "accepted call {n} must complete");
+    }
+    done_rx.await?;
+    let err = client
+        .call::<_, u32, ServiceError>("do", 1)
+        .await
+        .expect_err("the node is gone");
+    assert!(err.is_safe_to_retry() || matches!(err, CallError::ConnectionLost { .. }), "{err}");
+    caller.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_port_range_picks_a_free_port() -> TestResult {
+    let cluster = Cluster::new();
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let first = Node::builder()
+        .name("a")
+        .development_credentials(cluster.dir.path())
+        .bind_range(ip, 47100..=47140)
+        .start()
+        .await?;
+    let second = Node::builder()
+        .name("b")
+        .development_credentials(cluster.dir.path())
+        .bind(std::net::SocketAddr::new(ip, first.local_addr().port()))
+        .start()
+        .await;
+    assert!(matches!(second, Err(skynet::NodeError::Bind { .. })), "port is taken");
+    let third = Node::builder()
+        .name("c")
+        .development_credentials(cluster.dir.path())
+        .bind_range(ip, first.local_addr().port()..=47140)
+        .start()
+        .await?;
+    assert_ne!(first.local_addr(), third.local_addr());
+    first.shutdown().await;
+    third.shutdown().await;
+    Ok(())
+}
