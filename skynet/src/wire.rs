@@ -424,6 +424,34 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_protocol_md_is_exact() {
+        let head = RequestHead {
+            encoding: Encoding::Json,
+            deadline: Some(Duration::from_millis(1500)),
+            service: "echo",
+            method: "say",
+        };
+        let mut out = Vec::new();
+        write_request::<()>(&mut out, 7, &head, |o| {
+            o.extend_from_slice(br#""hi""#);
+            Ok(())
+        })
+        .expect("write");
+        let expected: &[u8] = &[
+            0, 0, 0, 0x20, 1, 0, 0, 0, 0, 0, 0, 0, 7, 1, 1, 0, 0, 0, 0, 0, 0x16, 0xe3, 0x60, 4,
+            b'e', b'c', b'h', b'o', 3, b's', b'a', b'y', b'"', b'h', b'i', b'"',
+        ];
+        assert_eq!(out, expected);
+        let mut out = Vec::new();
+        write_response::<()>(&mut out, 7, Status::Ok, Encoding::Json, |o| {
+            o.extend_from_slice(br#"{"text":"hi"}"#);
+            Ok(())
+        })
+        .expect("write");
+        assert_eq!(&out[..15], &[0, 0, 0, 0x18, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 1]);
+    }
+
+    #[test]
     fn cancel_frame_is_header_only() {
         let mut out = Vec::new();
         write_cancel(&mut out, 9);
