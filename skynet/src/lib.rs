@@ -107,6 +107,11 @@ pub use transport::Bind;
 /// request; they return `Result<Response, Error>` where all three types are serde types.
 pub use skynet_macros::service;
 
+// The README's examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 /// Items the generated code refers to. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {

@@ -3,8 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -101,7 +100,7 @@ impl NodeBuilder {
             }
             services.insert(name, def);
         }
-        let (endpoint, server_config) = transport::endpoint(&credentials, &self.config, &self.bind)?;
+        let endpoint = transport::endpoint(&credentials, &self.config, &self.bind)?;
         let addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
@@ -121,12 +120,10 @@ impl NodeBuilder {
                 name: self.name,
                 addr,
                 peers: Peers::new(endpoint.clone(), self.config.clone()),
-                endpoint,
-                _server_config: server_config,
+                endpoint: Mutex::new(Some(endpoint)),
                 services,
                 server,
                 config: self.config,
-                shut_down: AtomicBool::new(false),
             }),
         })
     }
@@ -154,14 +151,12 @@ pub struct Node {
 pub(crate) struct NodeInner {
     name: String,
     addr: SocketAddr,
-    endpoint: quinn::Endpoint,
-    // Kept so the endpoint can be told to accept again if shutdown is ever made reversible.
-    _server_config: quinn::ServerConfig,
+    /// Taken at shutdown: the UDP socket is released once every handle is dropped.
+    endpoint: Mutex<Option<quinn::Endpoint>>,
     services: Arc<HashMap<Box<str>, ServiceDef>>,
     server: Arc<ServerState>,
     pub(crate) peers: Peers,
     pub(crate) config: RpcConfig,
-    shut_down: AtomicBool,
 }
 
 impl std::fmt::Debug for Node {
@@ -218,11 +213,20 @@ impl Node {
     /// delivers their replies, then closes every connection. Idempotent.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
-        if inner.shut_down.swap(true, Ordering::SeqCst) {
+        let Some(endpoint) = inner
+            .endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
             return;
-        }
-        inner.endpoint.set_server_config(None);
-        let left = inner.server.inflight.drain(inner.config.drain_timeout).await;
+        };
+        endpoint.set_server_config(None);
+        let left = inner
+            .server
+            .inflight
+            .drain(inner.config.drain_timeout)
+            .await;
         if left > 0 {
             tracing::warn!(left, "drain timeout passed with calls still running");
         }
@@ -230,8 +234,10 @@ impl Node {
         inner.server.writers.close();
         let _ = tokio::time::timeout(Duration::from_secs(3), inner.server.writers.wait()).await;
         inner.peers.close_all();
-        inner.endpoint.close(0u32.into(), b"node shut down");
-        let _ = tokio::time::timeout(Duration::from_secs(3), inner.endpoint.wait_idle()).await;
+        endpoint.close(0u32.into(), b"node shut down");
+        // The close frames are sent by now; waiting out the draining period only absorbs
+        // stray packets, and a peer that vanished first would make it take the idle timeout.
+        let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
         tracing::info!(name = %inner.name, "node stopped");
     }
 }
@@ -239,6 +245,13 @@ impl Node {
 impl Drop for NodeInner {
     fn drop(&mut self) {
         // Without this the accept loop keeps the endpoint, and the port, alive.
-        self.endpoint.close(0u32.into(), b"node dropped");
+        let endpoint = self
+            .endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(endpoint) = endpoint {
+            endpoint.close(0u32.into(), b"node dropped");
+        }
     }
 }

@@ -34,7 +34,8 @@ pub(crate) enum PeerError {
 
 /// All connections this node has dialed.
 pub(crate) struct Peers {
-    endpoint: quinn::Endpoint,
+    /// Taken at shutdown so the socket is released once the last connection is gone.
+    endpoint: Mutex<Option<quinn::Endpoint>>,
     config: RpcConfig,
     live: Mutex<HashMap<SocketAddr, Arc<PeerConn>>>,
     /// One dial at a time per address; concurrent callers wait for it instead of dialing too.
@@ -44,7 +45,7 @@ pub(crate) struct Peers {
 impl Peers {
     pub(crate) fn new(endpoint: quinn::Endpoint, config: RpcConfig) -> Self {
         Self {
-            endpoint,
+            endpoint: Mutex::new(Some(endpoint)),
             config,
             live: Mutex::default(),
             dialing: Mutex::default(),
@@ -90,8 +91,13 @@ impl Peers {
 
     async fn dial(&self, addr: SocketAddr) -> Result<Arc<PeerConn>, PeerError> {
         let unreachable = |e: &dyn std::fmt::Display| PeerError::Unreachable(e.to_string());
-        let connecting = self
+        let endpoint = self
             .endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| PeerError::Unreachable("this node is shut down".to_owned()))?;
+        let connecting = endpoint
             .connect(addr, CLUSTER_SERVER_NAME)
             .map_err(|e| unreachable(&e))?;
         let conn = tokio::time::timeout(self.config.connect_timeout, connecting)
@@ -114,8 +120,12 @@ impl Peers {
         Ok(peer)
     }
 
-    /// Closes every connection this node dialed.
+    /// Closes every connection this node dialed; no new ones can be made.
     pub(crate) fn close_all(&self) {
+        self.endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let live = std::mem::take(&mut *self.live.lock().unwrap_or_else(PoisonError::into_inner));
         for conn in live.values() {
             conn.conn.close(0u32.into(), b"node shutting down");
@@ -199,8 +209,12 @@ impl PeerConn {
         let mut recv = recv;
         match read_frame(&mut recv, self.max_frame).await {
             Ok(Incoming::Frame(h, body)) if h.kind == FrameKind::Response && h.id == id => Ok(body),
-            Ok(Incoming::Oversized { body_len, .. }) => Ok(too_large_reply(body_len, self.max_frame)),
-            Ok(_) => Err(PeerError::Lost("stream ended without a response".to_owned())),
+            Ok(Incoming::Oversized { body_len, .. }) => {
+                Ok(too_large_reply(body_len, self.max_frame))
+            }
+            Ok(_) => Err(PeerError::Lost(
+                "stream ended without a response".to_owned(),
+            )),
             Err(e) => Err(lost(&e)),
         }
     }

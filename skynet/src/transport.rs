@@ -51,7 +51,7 @@ pub(crate) fn endpoint(
     creds: &Credentials,
     config: &RpcConfig,
     bind: &Bind,
-) -> Result<(quinn::Endpoint, quinn::ServerConfig), NodeError> {
+) -> Result<quinn::Endpoint, NodeError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let transport = transport_config(config)?;
 
@@ -74,13 +74,13 @@ pub(crate) fn endpoint(
     })?;
     let mut endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(server.clone()),
+        Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(|source| NodeError::Bind { addr, source })?;
     endpoint.set_default_client_config(client);
-    Ok((endpoint, server))
+    Ok(endpoint)
 }
 
 fn bind_socket(bind: &Bind, buffer: usize) -> Result<UdpSocket, NodeError> {

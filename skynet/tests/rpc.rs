@@ -12,6 +12,14 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 type TestResult = anyhow::Result<()>;
 
+/// Defaults, except that dialing a node that is gone gives up quickly.
+fn quick_config() -> RpcConfig {
+    RpcConfig {
+        connect_timeout: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
 /// Nodes that share one development CA in a temporary directory.
 struct Cluster {
     dir: tempfile::TempDir,
@@ -25,7 +33,7 @@ impl Cluster {
     }
 
     async fn node(&self, name: &str, services: Vec<ServiceDefBuilder>) -> Node {
-        self.node_with(name, services, RpcConfig::default()).await
+        self.node_with(name, services, quick_config()).await
     }
 
     async fn node_with(
@@ -122,7 +130,10 @@ async fn same_process_call_skips_the_network() -> TestResult {
         .call::<_, String, ServiceError>("panic", "boom".to_owned())
         .await
         .expect_err("panic");
-    assert!(matches!(err, CallError::Internal(ref m) if m.contains("boom")), "{err}");
+    assert!(
+        matches!(err, CallError::Internal(ref m) if m.contains("boom")),
+        "{err}"
+    );
     node.shutdown().await;
     Ok(())
 }
@@ -151,7 +162,10 @@ async fn a_thousand_concurrent_calls() -> TestResult {
 }
 
 /// A service whose handler waits forever and reports when it starts and when it is dropped.
-fn stuck_service(started: mpsc::UnboundedSender<()>, dropped: mpsc::UnboundedSender<()>) -> ServiceDefBuilder {
+fn stuck_service(
+    started: mpsc::UnboundedSender<()>,
+    dropped: mpsc::UnboundedSender<()>,
+) -> ServiceDefBuilder {
     struct OnDrop(mpsc::UnboundedSender<()>);
     impl Drop for OnDrop {
         fn drop(&mut self) {
@@ -187,9 +201,15 @@ async fn deadline_exceeded_cancels_the_handler() -> TestResult {
         .call::<_, (), ServiceError>("wait", ())
         .await
         .expect_err("must time out");
-    assert!(matches!(err, CallError::DeadlineExceeded(d) if d == Duration::from_millis(200)), "{err}");
+    assert!(
+        matches!(err, CallError::DeadlineExceeded(d) if d == Duration::from_millis(200)),
+        "{err}"
+    );
     started.recv().await.expect("handler ran");
-    dropped.recv().await.expect("handler was cancelled on the server");
+    dropped
+        .recv()
+        .await
+        .expect("handler was cancelled on the server");
     caller.shutdown().await;
     server.shutdown().await;
     Ok(())
@@ -233,7 +253,7 @@ async fn oversized_requests_are_rejected_and_the_connection_keeps_working() -> T
             vec![],
             RpcConfig {
                 large_message: 1 << 20,
-                ..Default::default()
+                ..quick_config()
             },
         )
         .await;
@@ -244,10 +264,18 @@ async fn oversized_requests_are_rejected_and_the_connection_keeps_working() -> T
             .await
             .expect_err("too large");
         assert!(
-            matches!(err, CallError::Rejected { reason: RejectReason::TooLarge, .. }),
+            matches!(
+                err,
+                CallError::Rejected {
+                    reason: RejectReason::TooLarge,
+                    ..
+                }
+            ),
             "{err}"
         );
-        let fits: usize = client.call::<_, _, ServiceError>("bytes", vec![7u8; 1000]).await?;
+        let fits: usize = client
+            .call::<_, _, ServiceError>("bytes", vec![7u8; 1000])
+            .await?;
         assert_eq!(fits, 1000);
         assert_eq!(say(&client, "still here").await?.text, "still here");
     }
@@ -258,7 +286,16 @@ async fn oversized_requests_are_rejected_and_the_connection_keeps_working() -> T
         .call::<_, usize, ServiceError>("bytes", vec![0u8; 17 << 20])
         .await
         .expect_err("over the caller's limit");
-    assert!(matches!(err, CallError::Rejected { reason: RejectReason::TooLarge, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CallError::Rejected {
+                reason: RejectReason::TooLarge,
+                ..
+            }
+        ),
+        "{err}"
+    );
     for node in [own_stream, shared_stream, server] {
         node.shutdown().await;
     }
@@ -271,9 +308,12 @@ async fn a_peer_from_another_ca_is_refused() -> TestResult {
     let server = cluster.node("server", vec![echo_service()]).await;
     let outsider_cluster = Cluster::new();
     let outsider = outsider_cluster.node("outsider", vec![]).await;
-    let err = say(&outsider.client("echo").at(server.local_addr()), "let me in")
-        .await
-        .expect_err("handshake must fail");
+    let err = say(
+        &outsider.client("echo").at(server.local_addr()),
+        "let me in",
+    )
+    .await
+    .expect_err("handshake must fail");
     assert!(matches!(err, CallError::Unreachable { .. }), "{err}");
     // The server still serves its own cluster.
     let member = cluster.node("member", vec![]).await;
@@ -295,7 +335,10 @@ async fn a_panicking_handler_becomes_an_error_and_the_node_keeps_serving() -> Te
             .call::<_, String, ServiceError>("panic", "now".to_owned())
             .await
             .expect_err("panics");
-        assert!(matches!(err, CallError::Internal(ref m) if m.contains("asked to panic: now")), "{err}");
+        assert!(
+            matches!(err, CallError::Internal(ref m) if m.contains("asked to panic: now")),
+            "{err}"
+        );
         assert_eq!(say(&client, "alive").await?.text, "alive");
     }
     caller.shutdown().await;
@@ -309,8 +352,13 @@ async fn json_call_to_a_typed_service() -> TestResult {
     let server = cluster.node("server", vec![echo_service()]).await;
     let caller = cluster.node("caller", vec![]).await;
     let client = caller.client("echo").at(server.local_addr());
-    let reply = client.call_json("say", &serde_json::json!("json in")).await?;
-    assert_eq!(reply, serde_json::json!({"text": "json in", "remote": true}));
+    let reply = client
+        .call_json("say", &serde_json::json!("json in"))
+        .await?;
+    assert_eq!(
+        reply,
+        serde_json::json!({"text": "json in", "remote": true})
+    );
     let err = client
         .call_json("fail", &serde_json::json!("nope"))
         .await
@@ -323,9 +371,22 @@ async fn json_call_to_a_typed_service() -> TestResult {
         .call_json("say", &serde_json::json!({"not": "a string"}))
         .await
         .expect_err("wrong shape");
-    assert!(matches!(err, CallError::Rejected { reason: RejectReason::BadRequest, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            CallError::Rejected {
+                reason: RejectReason::BadRequest,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // A typed client may choose JSON too.
-    let typed = say(&client.clone().with_encoding(skynet::Encoding::Json), "typed json").await?;
+    let typed = say(
+        &client.clone().with_encoding(skynet::Encoding::Json),
+        "typed json",
+    )
+    .await?;
     assert_eq!(typed.text, "typed json");
     caller.shutdown().await;
     server.shutdown().await;
@@ -370,8 +431,11 @@ async fn a_slow_call_does_not_hold_up_fast_ones() -> TestResult {
     let server = cluster.node("server", vec![echo_service(), slow]).await;
     let caller = cluster.node("caller", vec![]).await;
     let slow_client = caller.client("slow").at(server.local_addr());
-    let slow_call =
-        tokio::spawn(async move { slow_client.call::<_, String, ServiceError>("wait", ()).await });
+    let slow_call = tokio::spawn(async move {
+        slow_client
+            .call::<_, String, ServiceError>("wait", ())
+            .await
+    });
     let fast = caller.client("echo").at(server.local_addr());
     for i in 0..200 {
         say(&fast, &i.to_string()).await?;
@@ -425,7 +489,10 @@ async fn graceful_shutdown_loses_no_accepted_call() -> TestResult {
         .call::<_, u32, ServiceError>("do", 1)
         .await
         .expect_err("the node is gone");
-    assert!(err.is_safe_to_retry() || matches!(err, CallError::ConnectionLost { .. }), "{err}");
+    assert!(
+        err.is_safe_to_retry() || matches!(err, CallError::ConnectionLost { .. }),
+        "{err}"
+    );
     caller.shutdown().await;
     Ok(())
 }
@@ -446,7 +513,10 @@ async fn a_port_range_picks_a_free_port() -> TestResult {
         .bind(std::net::SocketAddr::new(ip, first.local_addr().port()))
         .start()
         .await;
-    assert!(matches!(second, Err(skynet::NodeError::Bind { .. })), "port is taken");
+    assert!(
+        matches!(second, Err(skynet::NodeError::Bind { .. })),
+        "port is taken"
+    );
     let third = Node::builder()
         .name("c")
         .development_credentials(cluster.dir.path())
@@ -456,5 +526,38 @@ async fn a_port_range_picks_a_free_port() -> TestResult {
     assert_ne!(first.local_addr(), third.local_addr());
     first.shutdown().await;
     third.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lost_connection_is_redialed() -> TestResult {
+    let cluster = Cluster::new();
+    let server = cluster.node("server", vec![echo_service()]).await;
+    let addr = server.local_addr();
+    let caller = cluster.node("caller", vec![]).await;
+    let client = caller.client("echo").at(addr);
+    say(&client, "first").await?;
+    server.shutdown().await;
+    let err = say(&client, "nobody home")
+        .await
+        .expect_err("server is down");
+    assert!(
+        matches!(
+            err,
+            CallError::Unreachable { .. } | CallError::ConnectionLost { .. }
+        ),
+        "{err}"
+    );
+    // A new process on the same address: the caller dials again on its own.
+    let restarted = Node::builder()
+        .name("server")
+        .development_credentials(cluster.dir.path())
+        .bind(addr)
+        .service(echo_service())
+        .start()
+        .await?;
+    assert_eq!(say(&client, "again").await?.text, "again");
+    caller.shutdown().await;
+    restarted.shutdown().await;
     Ok(())
 }
