@@ -72,8 +72,7 @@ impl ServiceClient {
     }
 
     fn deadline(&self) -> Duration {
-        self.deadline
-            .unwrap_or(self.node.config().default_deadline)
+        self.deadline.unwrap_or(self.node.config().default_deadline)
     }
 
     fn route(&self) -> Result<Route<'_>, String> {
@@ -99,12 +98,12 @@ impl ServiceClient {
         match self.route() {
             Ok(Route::Local(def)) => self.call_local(def, method, request, deadline).await,
             Ok(Route::Remote(addr)) => {
-                let (encoding, body) = self
+                let body = self
                     .call_remote(addr, method, self.encoding, deadline, |out| {
                         codec::encode_into(self.encoding, &request, out)
                     })
                     .await?;
-                decode_reply(&body, encoding, &self.service, method, deadline)
+                decode_reply(&body, &self.service, method, deadline)
             }
             Err(reason) => Err(CallError::Unreachable {
                 target: self.service.to_string(),
@@ -131,16 +130,16 @@ impl ServiceClient {
                 let frame = self
                     .call_local_encoded(def, method, Encoding::Json, &payload, deadline)
                     .await?;
-                decode_reply(&frame[wire::HEADER_LEN..], Encoding::Json, &self.service, method, deadline)
+                decode_reply(&frame[wire::HEADER_LEN..], &self.service, method, deadline)
             }
             Ok(Route::Remote(addr)) => {
-                let (encoding, body) = self
+                let body = self
                     .call_remote(addr, method, Encoding::Json, deadline, |out| {
                         out.extend_from_slice(&payload);
                         Ok(())
                     })
                     .await?;
-                decode_reply(&body, encoding, &self.service, method, deadline)
+                decode_reply(&body, &self.service, method, deadline)
             }
             Err(reason) => Err(CallError::Unreachable {
                 target: self.service.to_string(),
@@ -176,7 +175,7 @@ impl ServiceClient {
                 let frame = self
                     .call_local_encoded(def, method, Encoding::Bincode, &payload, deadline)
                     .await?;
-                return decode_reply(&frame[wire::HEADER_LEN..], Encoding::Bincode, &self.service, method, deadline);
+                return decode_reply(&frame[wire::HEADER_LEN..], &self.service, method, deadline);
             }
         };
         let reply = run_guarded(fut, at, deadline).await?;
@@ -210,7 +209,7 @@ impl ServiceClient {
         run_guarded(fut, at, deadline).await
     }
 
-    /// Sends one request to `addr`; returns the reply's encoding and body.
+    /// Sends one request to `addr`; returns the response body.
     async fn call_remote<E>(
         &self,
         addr: SocketAddr,
@@ -218,8 +217,11 @@ impl ServiceClient {
         encoding: Encoding,
         deadline: Duration,
         payload: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
-    ) -> Result<(Encoding, Vec<u8>), CallError<E>> {
-        if method.is_empty() || method.len() > wire::MAX_NAME_LEN || self.service.len() > wire::MAX_NAME_LEN {
+    ) -> Result<Vec<u8>, CallError<E>> {
+        if method.is_empty()
+            || method.len() > wire::MAX_NAME_LEN
+            || self.service.len() > wire::MAX_NAME_LEN
+        {
             return Err(CallError::Rejected {
                 reason: RejectReason::BadRequest,
                 message: "service and method names must be 1 to 255 bytes".to_owned(),
@@ -228,32 +230,34 @@ impl ServiceClient {
         let config = self.node.config();
         let peers = &self.node.inner().peers;
         let target = addr.to_string();
+        // Encoded once, before dialing, so an unencodable or oversized request is refused
+        // without touching the network. The id is filled in once the connection is known.
+        let mut frame = Vec::with_capacity(64);
+        let head = RequestHead {
+            encoding,
+            deadline: Some(deadline),
+            service: &self.service,
+            method,
+        };
+        let body_len = wire::write_request(&mut frame, 0, &head, payload).map_err(bad_request)?;
+        if body_len > config.max_frame_size {
+            return Err(CallError::Rejected {
+                reason: RejectReason::TooLarge,
+                message: format!(
+                    "request of {body_len} bytes exceeds the limit of {}",
+                    config.max_frame_size
+                ),
+            });
+        }
         let call = async {
             let conn = peers.get(addr).await?;
             let id = conn.next_id();
-            let mut frame = Vec::with_capacity(64);
-            let head = RequestHead {
-                encoding,
-                deadline: Some(deadline),
-                service: &self.service,
-                method,
-            };
-            let body_len = wire::write_request(&mut frame, id, &head, payload)
-                .map_err(|e| PeerError::Unreachable(format!("encode: {e}")))?;
-            if body_len > config.max_frame_size {
-                return Ok(Err(CallError::Rejected {
-                    reason: RejectReason::TooLarge,
-                    message: format!(
-                        "request of {body_len} bytes exceeds the limit of {}",
-                        config.max_frame_size
-                    ),
-                }));
-            }
+            wire::set_request_id(&mut frame, id);
             let result = conn.call(id, frame, body_len >= config.large_message).await;
-            if matches!(result, Err(PeerError::Lost(_) | PeerError::Unreachable(_))) {
+            if result.is_err() {
                 peers.forget(&conn);
             }
-            result.map(Ok)
+            result
         };
         let body = match tokio::time::timeout(deadline, call).await {
             Err(_) => return Err(CallError::DeadlineExceeded(deadline)),
@@ -263,15 +267,9 @@ impl ServiceClient {
             Ok(Err(PeerError::Lost(reason))) => {
                 return Err(CallError::ConnectionLost { target, reason });
             }
-            Ok(Ok(Err(rejected))) => return Err(rejected),
-            Ok(Ok(Ok(body))) => body,
+            Ok(Ok(body)) => body,
         };
-        let encoding = body
-            .get(1)
-            .copied()
-            .and_then(Encoding::from_wire)
-            .unwrap_or(encoding);
-        Ok((encoding, body))
+        Ok(body)
     }
 }
 
@@ -301,7 +299,6 @@ async fn run_guarded<T, E>(
 /// Turns a response body into the typed outcome.
 fn decode_reply<Resp: Wire, Err: Wire>(
     body: &[u8],
-    _requested: Encoding,
     service: &str,
     method: &str,
     deadline: Duration,
@@ -314,7 +311,9 @@ fn decode_reply<Resp: Wire, Err: Wire>(
             .map_err(|e| CallError::Protocol(format!("undecodable response: {e}"))),
         Status::ServiceError => match codec::decode(encoding, payload) {
             Ok(error) => Err(CallError::Service(error)),
-            Err(e) => Err(CallError::Protocol(format!("undecodable service error: {e}"))),
+            Err(e) => Err(CallError::Protocol(format!(
+                "undecodable service error: {e}"
+            ))),
         },
         Status::NotFound => Err(CallError::NotFound {
             service: service.to_owned(),

@@ -177,7 +177,10 @@ mod tests {
         let mut bytes = encode(Encoding::Bincode, &sample()).expect("encode");
         bytes.push(0);
         let err = decode::<Sample>(Encoding::Bincode, &bytes).expect_err("must fail");
-        assert!(matches!(err, CodecError::Trailing { extra: 1, .. }), "{err}");
+        assert!(
+            matches!(err, CodecError::Trailing { extra: 1, .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -86,7 +86,10 @@ impl std::fmt::Display for RejectReason {
 impl<E> CallError<E> {
     /// Whether the request certainly did not run, so that retrying it anywhere is safe.
     pub fn is_safe_to_retry(&self) -> bool {
-        matches!(self, CallError::Unreachable { .. } | CallError::Unavailable(_))
+        matches!(
+            self,
+            CallError::Unreachable { .. } | CallError::Unavailable(_)
+        )
     }
 
     /// Converts the service's error type, keeping every other variant.

@@ -433,10 +433,7 @@ mod tests {
                 Ok::<_, ServiceError>(s)
             })
             .build();
-        assert!(matches!(
-            dup,
-            Err(ServiceDefError::DuplicateMethod { .. })
-        ));
+        assert!(matches!(dup, Err(ServiceDefError::DuplicateMethod { .. })));
         let bad_version = ServiceDef::builder("x", "one")
             .method("m", |_: Context, s: String| async move {
                 Ok::<_, ServiceError>(s)
@@ -480,10 +477,17 @@ mod tests {
             .expect("types");
         assert_eq!(*reply, Ok("hi".to_owned()));
 
-        assert!(method.handler.call_local(ctx.clone(), Box::new(5u32)).is_err());
-        assert!(method
-            .handler
-            .call_wire(ctx, Encoding::Json, b"not json")
-            .is_err());
+        assert!(
+            method
+                .handler
+                .call_local(ctx.clone(), Box::new(5u32))
+                .is_err()
+        );
+        assert!(
+            method
+                .handler
+                .call_wire(ctx, Encoding::Json, b"not json")
+                .is_err()
+        );
     }
 }

@@ -364,7 +364,9 @@ mod tests {
         let ca = ClusterCa::generate().expect("ca");
         ca.write_to_dir(dir.path()).expect("write ca");
         let creds = ca.issue("node-1").expect("issue");
-        creds.write_to_dir(dir.path(), "node-1").expect("write node");
+        creds
+            .write_to_dir(dir.path(), "node-1")
+            .expect("write node");
         let loaded = Credentials::load_dir(dir.path(), "node-1").expect("load");
         assert_eq!(loaded.chain, creds.chain);
         assert_eq!(loaded.ca, creds.ca);

@@ -176,9 +176,9 @@ pub fn write_request<E>(
     let start = start_frame(out, FrameKind::Request, id);
     out.push(VERSION);
     out.push(head.encoding.to_wire());
-    let micros = head
-        .deadline
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1));
+    let micros = head.deadline.map_or(0, |d| {
+        u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+    });
     out.extend_from_slice(&micros.to_be_bytes());
     for name in [head.service, head.method] {
         out.push(name.len() as u8);
@@ -186,6 +186,13 @@ pub fn write_request<E>(
     }
     payload(out)?;
     Ok(finish_frame(out, start))
+}
+
+/// Sets the id of the frame at the start of `frame`, written earlier with a placeholder.
+pub fn set_request_id(frame: &mut [u8], id: u64) {
+    if let Some(field) = frame.get_mut(5..HEADER_LEN) {
+        field.copy_from_slice(&id.to_be_bytes());
+    }
 }
 
 /// Splits a request body into its head and payload.
@@ -448,7 +455,10 @@ mod tests {
             Ok(())
         })
         .expect("write");
-        assert_eq!(&out[..15], &[0, 0, 0, 0x18, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 1]);
+        assert_eq!(
+            &out[..15],
+            &[0, 0, 0, 0x18, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 1]
+        );
     }
 
     #[test]
@@ -457,6 +467,9 @@ mod tests {
         write_cancel(&mut out, 9);
         assert_eq!(out.len(), HEADER_LEN);
         let header = header_of(&out, 0).expect("header");
-        assert_eq!((header.kind, header.id, header.body_len), (FrameKind::Cancel, 9, 0));
+        assert_eq!(
+            (header.kind, header.id, header.body_len),
+            (FrameKind::Cancel, 9, 0)
+        );
     }
 }
