@@ -84,7 +84,6 @@ pub use transport::Bind;
 /// # On an impl block
 ///
 /// ```
-/// # use serde::{Deserialize, Serialize};
 /// # use skynet::ServiceError;
 /// pub struct Widgets { /* state */ }
 ///
@@ -116,6 +115,7 @@ struct ReadmeDoctests;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::client::ServiceClient;
+    pub use crate::codec::Encoding;
     pub use crate::error::CallError;
     pub use crate::node::Node;
     pub use crate::service::{Context, IntoService, ServiceDef, ServiceDefError, Wire};

@@ -36,6 +36,10 @@ use crate::codec::{self, CodecError, Encoding};
 use crate::wire::{self, MAX_NAME_LEN, Status};
 
 /// A type that can cross the wire: every request, response and error type of a service.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot cross the wire",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for it"
+)]
 pub trait Wire: Serialize + DeserializeOwned + Send + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + 'static> Wire for T {}
 
@@ -469,8 +473,7 @@ mod tests {
         let reply = method
             .handler
             .call_local(ctx.clone(), Box::new(String::from("hi")))
-            .ok()
-            .expect("typed")
+            .unwrap_or_else(|_| panic!("the request type matches"))
             .await;
         let reply = reply
             .downcast::<Result<String, ServiceError>>()

@@ -1,0 +1,4 @@
+#[skynet::service]
+pub struct Widgets;
+
+fn main() {}
