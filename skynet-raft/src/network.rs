@@ -1,0 +1,312 @@
+//! How Raft members talk: a byte-level [`Transport`] that skynet implements over QUIC.
+//!
+//! The transport sees only opaque request and reply bytes plus an [`RpcKind`] hint, never openraft
+//! types. That keeps openraft (and its next breaking release) inside this crate: skynet's QUIC layer
+//! moves bytes to a node id, the receiving side hands them to [`RpcHandler::handle`], and the reply
+//! goes back the same way. The kind lets a transport prioritise heartbeats over a large snapshot, e.g.
+//! by sending snapshots on their own stream.
+//!
+//! [`MemTransport`] is the in-memory implementation used by tests: it calls the target's handler
+//! directly, and a node that is not registered is unreachable.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{OptionalSend, Raft, Snapshot, SnapshotMeta, Vote};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::storage::{NodeAddr, TypeConfig};
+
+/// A member's id.
+pub type NodeId = u64;
+
+/// What a Raft request is, so a transport can prioritise or route it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RpcKind {
+    /// Log replication and heartbeats: small, latency-critical.
+    AppendEntries,
+    /// An election vote request.
+    Vote,
+    /// A full snapshot: possibly large, not latency-critical.
+    Snapshot,
+}
+
+/// A transport could not deliver a request or get its reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The peer is known to be down or cannot be connected to; Raft backs off before retrying.
+    #[error("node {node} unreachable: {reason}")]
+    Unreachable {
+        /// The target node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+    /// The request failed in flight (connection lost, stream reset, bad reply); Raft retries.
+    #[error("rpc to node {node} failed: {reason}")]
+    Failed {
+        /// The target node.
+        node: NodeId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Carries Raft requests to other members. skynet implements it over its QUIC endpoint.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `request` to node `target` (reachable at `addr`) and returns the reply bytes, which the
+    /// target produced with [`RpcHandler::handle`].
+    fn call(
+        &self,
+        target: NodeId,
+        addr: &str,
+        kind: RpcKind,
+        request: Vec<u8>,
+    ) -> impl Future<Output = Result<Vec<u8>, TransportError>> + Send;
+}
+
+/// A request as it travels between members.
+#[derive(Serialize, Deserialize)]
+enum WireRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    Snapshot {
+        vote: Vote<NodeId>,
+        meta: SnapshotMeta<NodeId, NodeAddr>,
+        data: Vec<u8>,
+    },
+}
+
+type AppendReply = Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
+type VoteReply = Result<VoteResponse<NodeId>, RaftError<NodeId>>;
+type SnapshotReply = Result<SnapshotResponse<NodeId>, Fatal<NodeId>>;
+
+/// The receiving end: turns request bytes from a peer into reply bytes. Cheap to clone.
+#[derive(Clone)]
+pub struct RpcHandler {
+    raft: Raft<TypeConfig>,
+}
+
+/// A request that could not be decoded; the sender is incompatible or the bytes are corrupt.
+#[derive(Debug, thiserror::Error)]
+#[error("bad raft request: {0}")]
+pub struct BadRequest(#[from] CodecError);
+
+impl RpcHandler {
+    pub(crate) fn new(raft: Raft<TypeConfig>) -> Self {
+        Self { raft }
+    }
+
+    /// Handles one request from a peer and returns the reply to send back. Raft-level errors travel
+    /// inside the reply; only undecodable input fails here.
+    pub async fn handle(&self, request: &[u8]) -> Result<Vec<u8>, BadRequest> {
+        let reply = match codec::decode::<WireRequest>(request)? {
+            WireRequest::AppendEntries(req) => {
+                codec::encode::<AppendReply>(&self.raft.append_entries(req).await)?
+            }
+            WireRequest::Vote(req) => codec::encode::<VoteReply>(&self.raft.vote(req).await)?,
+            WireRequest::Snapshot { vote, meta, data } => {
+                let snapshot = Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(data)),
+                };
+                codec::encode::<SnapshotReply>(
+                    &self.raft.install_full_snapshot(vote, snapshot).await,
+                )?
+            }
+        };
+        Ok(reply)
+    }
+}
+
+// ===== openraft adapter =====
+
+/// openraft's network factory over a [`Transport`].
+pub(crate) struct NetworkFactory<T> {
+    transport: Arc<T>,
+}
+
+impl<T> NetworkFactory<T> {
+    pub(crate) fn new(transport: T) -> Self {
+        Self {
+            transport: Arc::new(transport),
+        }
+    }
+}
+
+impl<T: Transport> RaftNetworkFactory<TypeConfig> for NetworkFactory<T> {
+    type Network = PeerClient<T>;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Self::Network {
+        PeerClient {
+            transport: self.transport.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+/// openraft's view of one peer.
+pub(crate) struct PeerClient<T> {
+    transport: Arc<T>,
+    target: NodeId,
+    addr: String,
+}
+
+/// A failed call, before it is shaped into the error type each openraft method wants.
+enum CallError {
+    Unreachable(Unreachable),
+    Network(NetworkError),
+}
+
+impl From<CodecError> for CallError {
+    fn from(e: CodecError) -> Self {
+        CallError::Network(NetworkError::new(&e))
+    }
+}
+
+impl<T: Transport> PeerClient<T> {
+    async fn call<R: serde::de::DeserializeOwned>(
+        &self,
+        kind: RpcKind,
+        req: &WireRequest,
+    ) -> Result<R, CallError> {
+        let bytes = codec::encode(req)?;
+        let reply = self
+            .transport
+            .call(self.target, &self.addr, kind, bytes)
+            .await
+            .map_err(|e| match &e {
+                TransportError::Unreachable { .. } => CallError::Unreachable(Unreachable::new(&e)),
+                TransportError::Failed { .. } => CallError::Network(NetworkError::new(&e)),
+            })?;
+        Ok(codec::decode(&reply)?)
+    }
+
+    fn rpc_error<E: std::error::Error>(
+        &self,
+        e: CallError,
+    ) -> RPCError<NodeId, NodeAddr, RaftError<NodeId, E>> {
+        match e {
+            CallError::Unreachable(e) => RPCError::Unreachable(e),
+            CallError::Network(e) => RPCError::Network(e),
+        }
+    }
+}
+
+impl<T: Transport> RaftNetwork<TypeConfig> for PeerClient<T> {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+        let reply: AppendReply = self
+            .call(RpcKind::AppendEntries, &WireRequest::AppendEntries(rpc))
+            .await
+            .map_err(|e| self.rpc_error(e))?;
+        reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+        let reply: VoteReply = self
+            .call(RpcKind::Vote, &WireRequest::Vote(rpc))
+            .await
+            .map_err(|e| self.rpc_error(e))?;
+        reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        _option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let req = WireRequest::Snapshot {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot.into_inner(),
+        };
+        // openraft puts no timeout on full snapshots; stop when replication to this peer closes.
+        let reply: SnapshotReply = tokio::select! {
+            r = self.call(RpcKind::Snapshot, &req) => match r {
+                Ok(reply) => reply,
+                Err(CallError::Unreachable(e)) => return Err(StreamingError::Unreachable(e)),
+                Err(CallError::Network(e)) => return Err(StreamingError::Network(e)),
+            },
+            closed = cancel => return Err(StreamingError::Closed(closed)),
+        };
+        reply.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+// ===== MemTransport =====
+
+/// An in-memory [`Transport`] for tests: delivers requests by calling the target's handler.
+#[derive(Clone, Default)]
+pub struct MemTransport {
+    handlers: Arc<Mutex<HashMap<NodeId, RpcHandler>>>,
+}
+
+impl MemTransport {
+    /// An empty network.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connects node `id`; requests to it reach `handler`.
+    pub fn register(&self, id: NodeId, handler: RpcHandler) {
+        self.lock().insert(id, handler);
+    }
+
+    /// Disconnects node `id`; requests to it fail as unreachable.
+    pub fn unregister(&self, id: NodeId) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, RpcHandler>> {
+        self.handlers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Transport for MemTransport {
+    async fn call(
+        &self,
+        target: NodeId,
+        _addr: &str,
+        _kind: RpcKind,
+        request: Vec<u8>,
+    ) -> Result<Vec<u8>, TransportError> {
+        let handler = self.lock().get(&target).cloned();
+        let Some(handler) = handler else {
+            return Err(TransportError::Unreachable {
+                node: target,
+                reason: "not connected".into(),
+            });
+        };
+        handler
+            .handle(&request)
+            .await
+            .map_err(|e| TransportError::Failed {
+                node: target,
+                reason: e.to_string(),
+            })
+    }
+}
