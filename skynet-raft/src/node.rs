@@ -180,6 +180,21 @@ pub struct NodeMetrics {
     pub purged: Option<u64>,
 }
 
+impl NodeMetrics {
+    fn from_openraft(m: &openraft::RaftMetrics<NodeId, NodeAddr>) -> Self {
+        NodeMetrics {
+            id: m.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            voters: m.membership_config.membership().voter_ids().collect(),
+            snapshot: m.snapshot.map(|l| l.index),
+            purged: m.purged.map(|l| l.index),
+        }
+    }
+}
+
 /// One running member of the config store.
 pub struct RaftNode {
     id: NodeId,
@@ -483,17 +498,7 @@ impl RaftNode {
 
     /// A snapshot of this member's view of the cluster.
     pub fn metrics(&self) -> NodeMetrics {
-        let m = self.raft.metrics().borrow().clone();
-        NodeMetrics {
-            id: m.id,
-            leader: m.current_leader,
-            term: m.current_term,
-            last_log_index: m.last_log_index,
-            last_applied: m.last_applied.map(|l| l.index),
-            voters: m.membership_config.membership().voter_ids().collect(),
-            snapshot: m.snapshot.map(|l| l.index),
-            purged: m.purged.map(|l| l.index),
-        }
+        NodeMetrics::from_openraft(&self.raft.metrics().borrow())
     }
 
     /// Waits until this member knows a leader that satisfies `accept`, and returns it.
@@ -516,6 +521,25 @@ impl RaftNode {
         m.current_leader.ok_or_else(|| RaftNodeError::Timeout {
             what: "a leader".into(),
         })
+    }
+
+    /// Waits until this member's view of the cluster satisfies `accept`, and returns that view.
+    /// `what` names the awaited condition in the timeout error.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        accept: impl Fn(&NodeMetrics) -> bool + Send + Sync,
+    ) -> Result<NodeMetrics, RaftNodeError> {
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| accept(&NodeMetrics::from_openraft(m)), what)
+            .await
+            .map_err(|e| RaftNodeError::Timeout {
+                what: e.to_string(),
+            })?;
+        Ok(NodeMetrics::from_openraft(&m))
     }
 
     /// Builds a snapshot of everything applied so far and purges the log it covers, bounding disk

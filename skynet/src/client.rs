@@ -229,10 +229,9 @@ impl ServiceClient {
         }
         let config = self.node.config();
         let peers = &self.node.inner().peers;
-        let target = addr.to_string();
         // Encoded once, before dialing, so an unencodable or oversized request is refused
         // without touching the network. The id is filled in once the connection is known.
-        let mut frame = Vec::with_capacity(64);
+        let mut frame = Vec::with_capacity(256);
         let head = RequestHead {
             encoding,
             deadline: Some(deadline),
@@ -262,10 +261,16 @@ impl ServiceClient {
         let body = match tokio::time::timeout(deadline, call).await {
             Err(_) => return Err(CallError::DeadlineExceeded(deadline)),
             Ok(Err(PeerError::Unreachable(reason))) => {
-                return Err(CallError::Unreachable { target, reason });
+                return Err(CallError::Unreachable {
+                    target: addr.to_string(),
+                    reason,
+                });
             }
             Ok(Err(PeerError::Lost(reason))) => {
-                return Err(CallError::ConnectionLost { target, reason });
+                return Err(CallError::ConnectionLost {
+                    target: addr.to_string(),
+                    reason,
+                });
             }
             Ok(Ok(body)) => body,
         };

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::service::{ServiceDefError, ServiceError};
+use crate::store::StoreError;
 use crate::tls::TlsError;
 
 /// Why a call did not produce the service's response. `E` is the service's own error type.
@@ -129,6 +130,9 @@ pub enum NodeError {
     /// Two hosted services share a name.
     #[error("service {0:?} is hosted twice")]
     DuplicateService(String),
+    /// The config store member could not start, bootstrap or join.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The UDP socket could not be bound.
     #[error("cannot bind {addr}: {source}")]
     Bind {

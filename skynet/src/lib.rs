@@ -36,6 +36,9 @@
 //!   can equally be written by hand.
 //! - [`Node`] binds one UDP socket that both serves and dials, and holds one connection per
 //!   peer. Calls carry deadlines; dropping a call cancels it on the server.
+//! - [`store`]: with [`NodeBuilder::store`] the node is a member of the replicated config store
+//!   (skynet-raft) and [`Node::store`] gives the KV, transaction, lease and watch API. Raft
+//!   traffic rides the same endpoint and credentials.
 //! - [`tls`] creates the cluster CA and node certificates, or does it all in development mode.
 //! - [`wire`] and [`codec`] are the frame format and payload encodings (`docs/protocol.md`).
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
@@ -48,6 +51,7 @@ mod node;
 mod peer;
 mod server;
 mod service;
+pub mod store;
 pub mod tls;
 mod transport;
 pub mod wire;
@@ -60,6 +64,7 @@ pub use node::{Node, NodeBuilder};
 pub use service::{
     Context, IntoService, ServiceDef, ServiceDefBuilder, ServiceDefError, ServiceError, Wire,
 };
+pub use store::{Store, StoreConfig, StoreError};
 pub use transport::Bind;
 
 /// Turns an async fn, or an `impl` block of async methods, into a service and a typed client.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,7 @@ use crate::error::NodeError;
 use crate::peer::Peers;
 use crate::server::{self, InFlight, ServerState};
 use crate::service::{IntoService, ServiceDef, ServiceDefError};
+use crate::store::{self, Store, StoreCell, StoreConfig};
 use crate::tls::Credentials;
 use crate::transport::{self, Bind};
 
@@ -31,6 +32,7 @@ pub struct NodeBuilder {
     credentials: Option<CredentialSource>,
     services: Vec<Result<ServiceDef, ServiceDefError>>,
     config: RpcConfig,
+    store: Option<StoreConfig>,
 }
 
 impl NodeBuilder {
@@ -82,6 +84,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Makes this node a member of the replicated config store (see [`Node::store`]): it
+    /// bootstraps a new cluster or joins one through seeds, as `config` says. [`Self::start`]
+    /// returns once the member follows a leader.
+    pub fn store(mut self, config: StoreConfig) -> Self {
+        self.store = Some(config);
+        self
+    }
+
     /// Validates everything, binds the socket and starts serving. Must run inside a Tokio
     /// runtime.
     pub async fn start(self) -> Result<Node, NodeError> {
@@ -91,8 +101,14 @@ impl NodeBuilder {
             Some(CredentialSource::Development(dir)) => Credentials::development(dir, &self.name)?,
             None => return Err(NodeError::NoCredentials),
         };
+        let store_cell = StoreCell::default();
+        let mut defs = self.services;
+        if let Some(config) = &self.store {
+            config.validate()?;
+            defs.extend(store::services(&store_cell)?.into_iter().map(Ok));
+        }
         let mut services = HashMap::new();
-        for def in self.services {
+        for def in defs {
             let def = def?;
             let name: Box<str> = def.name().into();
             if services.contains_key(&name) {
@@ -115,7 +131,7 @@ impl NodeBuilder {
         });
         tokio::spawn(server::accept_loop(endpoint.clone(), server.clone()));
         tracing::info!(name = %self.name, %addr, services = services.len(), "node started");
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(NodeInner {
                 name: self.name,
                 addr,
@@ -124,8 +140,16 @@ impl NodeBuilder {
                 services,
                 server,
                 config: self.config,
+                store: store_cell,
             }),
-        })
+        };
+        if let Some(config) = self.store
+            && let Err(e) = store::start(&node, config, &node.inner.store).await
+        {
+            node.shutdown().await;
+            return Err(e.into());
+        }
+        Ok(node)
     }
 }
 
@@ -157,6 +181,19 @@ pub(crate) struct NodeInner {
     server: Arc<ServerState>,
     pub(crate) peers: Peers,
     pub(crate) config: RpcConfig,
+    store: StoreCell,
+}
+
+/// A node that does not keep it running: held by parts of the node itself (the store's Raft
+/// transport), so that they do not form a reference cycle with it.
+#[derive(Clone)]
+pub(crate) struct WeakNode(Weak<NodeInner>);
+
+impl WeakNode {
+    /// The node, unless every handle to it has dropped.
+    pub(crate) fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
 }
 
 impl std::fmt::Debug for Node {
@@ -177,6 +214,7 @@ impl Node {
             credentials: None,
             services: Vec::new(),
             config: RpcConfig::default(),
+            store: None,
         }
     }
 
@@ -204,15 +242,38 @@ impl Node {
         self.inner.services.get(name)
     }
 
+    /// This node's handle on the replicated config store, if it was started with
+    /// [`NodeBuilder::store`].
+    pub fn store(&self) -> Option<Store> {
+        self.inner
+            .store
+            .get()
+            .map(|shared| Store::new(shared.clone(), self.clone()))
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.inner))
+    }
+
     pub(crate) fn inner(&self) -> &NodeInner {
         &self.inner
     }
 
-    /// Stops gracefully: refuses new connections and calls (callers see `Unavailable` and may
-    /// go elsewhere), waits up to [`RpcConfig::drain_timeout`] for accepted calls to finish,
-    /// delivers their replies, then closes every connection. Idempotent.
+    /// Stops gracefully: stops the config store member first (if any), then refuses new
+    /// connections and calls (callers see `Unavailable` and may go elsewhere), waits up to
+    /// [`RpcConfig::drain_timeout`] for accepted calls to finish, delivers their replies, then
+    /// closes every connection. Idempotent.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
+        if inner
+            .endpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+        {
+            return;
+        }
+        store::shutdown(&inner.store).await;
         let Some(endpoint) = inner
             .endpoint
             .lock()

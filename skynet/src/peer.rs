@@ -20,6 +20,30 @@ use crate::wire::{self, FrameKind, Status};
 
 const BATCH: usize = 64 << 10;
 
+/// Hashes request ids: sequential u64s need spreading across the table, not SipHash's
+/// protection against chosen keys (the ids are ours).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by request id.
+pub(crate) type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
 /// A response body: status, encoding, payload (see [`wire::parse_response`]).
 pub(crate) type ResponseBody = Vec<u8>;
 
@@ -138,15 +162,18 @@ pub(crate) struct PeerConn {
     addr: SocketAddr,
     conn: quinn::Connection,
     mux: mpsc::UnboundedSender<Vec<u8>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<ResponseBody>>>,
+    pending: Mutex<IdMap<oneshot::Sender<ResponseBody>>>,
     next_id: AtomicU64,
     dead: AtomicBool,
     max_frame: usize,
 }
 
 impl PeerConn {
+    /// Checked on every call, so it reads only our own flag: `close_reason` would take the
+    /// connection's lock, which the connection's driver contends for. The reader sets the flag
+    /// as soon as the connection or its call stream ends.
     fn is_alive(&self) -> bool {
-        !self.dead.load(Ordering::SeqCst) && self.conn.close_reason().is_none()
+        !self.dead.load(Ordering::Acquire)
     }
 
     /// A fresh request id for this connection.

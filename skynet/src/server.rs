@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Poll, Waker};
@@ -20,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RpcConfig;
-use crate::service::{BoxFuture, Context, ServiceDef};
+use crate::peer::IdMap;
+use crate::service::{Context, ServiceDef};
 use crate::transport::{Incoming, read_frame};
 use crate::wire::{self, FrameKind, Status};
 
@@ -91,7 +93,7 @@ impl Drop for InFlightGuard<'_> {
 /// lost connection can stop them; and the number of calls running.
 #[derive(Default)]
 struct ConnState {
-    spawned: Mutex<HashMap<u64, AbortHandle>>,
+    spawned: Mutex<IdMap<AbortHandle>>,
     running: AtomicUsize,
 }
 
@@ -245,16 +247,31 @@ fn dispatch(
         Ok(fut) => fut,
         Err(e) => return send_message(tx, id, Status::BadRequest, &e.to_string()),
     };
-    let mut call = guarded(id, handler, deadline);
-
     // Hybrid dispatch: one inline poll. A no-op waker is enough because a call that is not
-    // ready is handed to a task, whose first poll registers the real waker.
+    // ready is handed to a task, whose first poll registers the real waker. A call that
+    // finishes here never arms its deadline timer: that is most calls, and it saves a timer
+    // registration and cancellation each.
+    let mut handler = AssertUnwindSafe(handler).catch_unwind();
     let mut cx = std::task::Context::from_waker(Waker::noop());
-    if let Poll::Ready(frame) = call.as_mut().poll(&mut cx) {
-        let _ = tx.send(frame);
+    if let Poll::Ready(outcome) = Pin::new(&mut handler).poll(&mut cx) {
+        let _ = tx.send(reply_frame(id, outcome));
         drop((slot, guard));
         return;
     }
+    let call = async move {
+        match deadline {
+            Some(at) => match tokio::time::timeout_at(at.into(), handler).await {
+                Ok(outcome) => reply_frame(id, outcome),
+                Err(_) => {
+                    let mut frame = Vec::new();
+                    let message = "deadline passed while the handler ran";
+                    wire::write_response_message(&mut frame, id, Status::DeadlineExceeded, message);
+                    frame
+                }
+            },
+            None => reply_frame(id, handler.await),
+        }
+    };
     let tx = tx.clone();
     let state = state.clone();
     let conn_for_task = conn.clone();
@@ -287,39 +304,15 @@ impl InFlight {
     }
 }
 
-/// Wraps a handler so that a panic or a passed deadline still produces a reply.
-fn guarded(id: u64, handler: BoxFuture<Vec<u8>>, deadline: Option<Instant>) -> BoxFuture<Vec<u8>> {
-    Box::pin(async move {
-        let caught = AssertUnwindSafe(handler).catch_unwind();
-        let outcome = match deadline {
-            Some(at) => tokio::time::timeout_at(at.into(), caught).await,
-            None => Ok(caught.await),
-        };
-        match outcome {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(panic)) => {
-                let what = panic_message(&*panic);
-                tracing::error!(request_id = id, panic = %what, "handler panicked");
-                let mut frame = Vec::new();
-                wire::write_response_message(
-                    &mut frame,
-                    id,
-                    Status::Internal,
-                    &format!("handler panicked: {what}"),
-                );
-                frame
-            }
-            Err(_) => {
-                let mut frame = Vec::new();
-                wire::write_response_message(
-                    &mut frame,
-                    id,
-                    Status::DeadlineExceeded,
-                    "deadline passed while the handler ran",
-                );
-                frame
-            }
-        }
+/// The reply for a handler that finished: its own frame, or `Internal` if it panicked.
+fn reply_frame(id: u64, outcome: std::thread::Result<Vec<u8>>) -> Vec<u8> {
+    outcome.unwrap_or_else(|panic| {
+        let what = panic_message(&*panic);
+        tracing::error!(request_id = id, panic = %what, "handler panicked");
+        let mut frame = Vec::new();
+        let message = format!("handler panicked: {what}");
+        wire::write_response_message(&mut frame, id, Status::Internal, &message);
+        frame
     })
 }
 

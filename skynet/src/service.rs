@@ -396,7 +396,7 @@ pub(crate) fn encode_reply<Resp: Serialize, Err: Serialize>(
     encoding: Encoding,
     result: &Result<Resp, Err>,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
+    let mut out = Vec::with_capacity(128);
     let (status, written) = match result {
         Ok(value) => (
             Status::Ok,
