@@ -81,11 +81,18 @@ impl InFlight {
     }
 }
 
+impl InFlight {
+    /// Ends `n` calls at once.
+    fn release(&self, n: usize) {
+        if n > 0 && self.count.fetch_sub(n, Ordering::SeqCst) == n {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle.notify_waiters();
-        }
+        self.0.release(1);
     }
 }
 
@@ -172,15 +179,28 @@ async fn serve_stream(
     conn: Arc<ConnState>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let send = Arc::new(tokio::sync::Mutex::new(send));
     state
         .writers
-        .spawn(write_loop(send, rx, state.closing.clone()));
+        .spawn(write_loop(send.clone(), rx, state.closing.clone()));
     let mut reader = tokio::io::BufReader::with_capacity(WRITE_BATCH, recv);
     let limit = state.config.max_frame_size;
+    let mut replies = Replies {
+        tx: &tx,
+        send: &send,
+        inflight: &state.inflight,
+        ready: Vec::with_capacity(WRITE_BATCH),
+        held: 0,
+    };
     loop {
+        // Replies of calls that finished inline wait here while more requests are already
+        // buffered, and go to the writer together before the reader could block.
+        if !holds_whole_frame(reader.buffer()) || replies.ready.len() >= WRITE_BATCH {
+            replies.flush().await;
+        }
         match read_frame(&mut reader, limit).await {
             Ok(Incoming::Frame(header, body)) => match header.kind {
-                FrameKind::Request => dispatch(header.id, &body, &tx, &state, &conn),
+                FrameKind::Request => dispatch(header.id, &body, &mut replies, &state, &conn),
                 FrameKind::Cancel => conn.abort(header.id),
                 FrameKind::Response => {
                     tracing::debug!("peer sent a response frame to a server stream");
@@ -194,7 +214,7 @@ async fn serve_stream(
                 limit,
             }) => {
                 let message = format!("request of {body_len} bytes exceeds the limit of {limit}");
-                send_message(&tx, id, Status::TooLarge, &message);
+                replies.message(id, Status::TooLarge, &message);
             }
             Ok(Incoming::Oversized { .. }) => {}
             Ok(Incoming::End) => break,
@@ -204,26 +224,66 @@ async fn serve_stream(
             }
         }
     }
+    replies.flush().await;
     // Dropping our sender lets the writer finish the stream once the last running handler of
     // this stream has replied.
 }
 
-fn send_message(tx: &mpsc::UnboundedSender<Vec<u8>>, id: u64, status: Status, message: &str) {
-    let mut frame = Vec::with_capacity(wire::HEADER_LEN + 2 + message.len());
-    wire::write_response_message(&mut frame, id, status, message);
-    let _ = tx.send(frame);
+/// Whether `buffered` starts with a complete frame, so the next read will not wait.
+fn holds_whole_frame(buffered: &[u8]) -> bool {
+    match buffered.first_chunk::<4>() {
+        Some(length) => buffered.len() >= 4 + u32::from_be_bytes(*length) as usize,
+        None => false,
+    }
+}
+
+/// Replies of one stream's reader, gathered into one buffer and written by the reader itself:
+/// a call answered inline costs no hand-off to another task. (The reader is never cancelled
+/// mid-write, so a frame cannot be cut in half.) Replies of spawned handlers go through `tx`
+/// to the stream's writer task, which shares the stream behind the lock.
+/// The calls whose replies wait here stay counted as in flight until the replies reach the
+/// writer, so a graceful shutdown cannot finish the stream under them.
+struct Replies<'a> {
+    tx: &'a mpsc::UnboundedSender<Vec<u8>>,
+    send: &'a tokio::sync::Mutex<quinn::SendStream>,
+    inflight: &'a InFlight,
+    ready: Vec<u8>,
+    held: usize,
+}
+
+impl Replies<'_> {
+    /// Queues the reply of a call that finished; its in-flight count is released on flush.
+    fn push(&mut self, frame: Vec<u8>, call: InFlightGuard<'_>) {
+        self.ready.extend_from_slice(&frame);
+        std::mem::forget(call);
+        self.held += 1;
+    }
+
+    fn message(&mut self, id: u64, status: Status, message: &str) {
+        wire::write_response_message(&mut self.ready, id, status, message);
+    }
+
+    async fn flush(&mut self) {
+        if !self.ready.is_empty() {
+            if let Err(e) = self.send.lock().await.write_all(&self.ready).await {
+                tracing::debug!(error = %e, "reply stream failed");
+            }
+            self.ready.clear();
+        }
+        self.inflight.release(std::mem::take(&mut self.held));
+    }
 }
 
 fn dispatch(
     id: u64,
     body: &[u8],
-    tx: &mpsc::UnboundedSender<Vec<u8>>,
+    replies: &mut Replies<'_>,
     state: &Arc<ServerState>,
     conn: &Arc<ConnState>,
 ) {
     let (head, payload) = match wire::parse_request(body) {
         Ok(parts) => parts,
-        Err(e) => return send_message(tx, id, Status::BadRequest, &e.to_string()),
+        Err(e) => return replies.message(id, Status::BadRequest, &e.to_string()),
     };
     let Some(method) = state
         .services
@@ -231,21 +291,21 @@ fn dispatch(
         .and_then(|s| s.method(head.method))
     else {
         let message = format!("no method {}.{} here", head.service, head.method);
-        return send_message(tx, id, Status::NotFound, &message);
+        return replies.message(id, Status::NotFound, &message);
     };
     let Some(guard) = state.inflight.enter() else {
-        return send_message(tx, id, Status::Unavailable, "node is shutting down");
+        return replies.message(id, Status::Unavailable, "node is shutting down");
     };
     if conn.running.fetch_add(1, Ordering::Relaxed) >= state.config.max_concurrent_calls {
         conn.running.fetch_sub(1, Ordering::Relaxed);
-        return send_message(tx, id, Status::Unavailable, "too many concurrent calls");
+        return replies.message(id, Status::Unavailable, "too many concurrent calls");
     }
     let slot = Slot(conn.clone());
     let deadline = head.deadline.map(|d| Instant::now() + d);
     let ctx = Context::new(id, deadline, true);
     let handler = match method.handler.call_wire(ctx, head.encoding, payload) {
         Ok(fut) => fut,
-        Err(e) => return send_message(tx, id, Status::BadRequest, &e.to_string()),
+        Err(e) => return replies.message(id, Status::BadRequest, &e.to_string()),
     };
     // Hybrid dispatch: one inline poll. A no-op waker is enough because a call that is not
     // ready is handed to a task, whose first poll registers the real waker. A call that
@@ -254,8 +314,8 @@ fn dispatch(
     let mut handler = AssertUnwindSafe(handler).catch_unwind();
     let mut cx = std::task::Context::from_waker(Waker::noop());
     if let Poll::Ready(outcome) = Pin::new(&mut handler).poll(&mut cx) {
-        let _ = tx.send(reply_frame(id, outcome));
-        drop((slot, guard));
+        replies.push(reply_frame(id, outcome), guard);
+        drop(slot);
         return;
     }
     let call = async move {
@@ -272,7 +332,7 @@ fn dispatch(
             None => reply_frame(id, handler.await),
         }
     };
-    let tx = tx.clone();
+    let tx = replies.tx.clone();
     let state = state.clone();
     let conn_for_task = conn.clone();
     // Hold the map lock across spawn and insert, so the task's own removal cannot run first
@@ -329,7 +389,7 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// Writes replies, coalescing whatever is queued into one write. Ends when every sender is
 /// gone (the stream is finished) or when the node closes (queued replies are flushed first).
 async fn write_loop(
-    mut send: quinn::SendStream,
+    send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     closing: CancellationToken,
 ) {
@@ -349,7 +409,7 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        if let Err(e) = send.write_all(&batch).await {
+        if let Err(e) = send.lock().await.write_all(&batch).await {
             tracing::debug!(error = %e, "reply stream failed");
             return;
         }
@@ -357,6 +417,7 @@ async fn write_loop(
             break;
         }
     }
+    let mut send = send.lock().await;
     let _ = send.finish();
     if closed {
         // Wait until the peer has the replies before the connection is closed under them.
