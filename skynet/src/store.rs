@@ -15,7 +15,7 @@
 //! openraft types never appear here; the key-value types ([`KeyValue`], [`Event`], [`Txn`], ...)
 //! are skynet-raft's plain serde types.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,8 +54,10 @@ const LEADER_POLL: Duration = Duration::from_millis(250);
 const MAX_HOPS: usize = 4;
 /// Longest a member holds a watch poll open when nothing changes.
 const MAX_WATCH_WAIT: Duration = Duration::from_secs(30);
-/// How long a client's watch poll waits before asking again (below `MAX_WATCH_WAIT`).
-const WATCH_WAIT: Duration = Duration::from_secs(10);
+/// How long a client's watch poll waits before asking again (below `MAX_WATCH_WAIT`). It
+/// also bounds how long a watch sits on a member that died silently, unless the client's other
+/// requests notice first.
+const WATCH_WAIT: Duration = Duration::from_secs(3);
 /// A watch reply stops adding events past this many bytes (at a revision boundary), far below
 /// the frame limit: a watcher that is far behind catches up in several replies.
 const MAX_WATCH_BATCH_BYTES: usize = 1 << 20;
@@ -238,6 +240,8 @@ enum Request {
     Range(String),
     KeepAlive(LeaseId),
     Join { id: u64, addr: String },
+    /// Whom this member follows; answered by any member, leader or not.
+    Leader,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -247,6 +251,7 @@ enum Reply {
     Range(Vec<KeyValue>, Revision),
     Ttl(Duration),
     Joined,
+    Leader(Option<String>),
 }
 
 /// Why the member asked could not serve a request.
@@ -370,6 +375,7 @@ impl StoreShared {
                 })
                 .await
                 .map_err(Refusal::from_raft),
+            Request::Leader => Ok(Reply::Leader(raft.leader_addr())),
             Request::KeepAlive(id) => raft
                 .keep_alive(id)
                 .map(Reply::Ttl)
@@ -596,6 +602,8 @@ pub(crate) struct ClientShared {
     preferred: std::sync::Mutex<Option<SocketAddr>>,
     /// Where this client starts in the seed list, so that clients spread over the members.
     start: usize,
+    /// Members that stopped answering, and since when: skipped for [`SUSPECT_FOR`].
+    suspects: std::sync::Mutex<HashMap<SocketAddr, Instant>>,
 }
 
 impl ClientShared {
@@ -605,7 +613,42 @@ impl ClientShared {
             config,
             preferred: std::sync::Mutex::new(None),
             start,
+            suspects: std::sync::Mutex::default(),
         })
+    }
+
+    /// Marks `addr` as not answering: requests avoid it for a while, and a watch poll waiting
+    /// on it moves elsewhere.
+    fn suspect(&self, addr: SocketAddr) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(addr, Instant::now());
+        if self.preferred() == Some(addr) {
+            self.set_preferred(None);
+        }
+    }
+
+    fn is_suspect(&self, addr: SocketAddr) -> bool {
+        let mut suspects = self
+            .suspects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match suspects.get(&addr) {
+            Some(since) if since.elapsed() < SUSPECT_FOR => true,
+            Some(_) => {
+                suspects.remove(&addr);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Resolves once `addr` is suspected (by any request of this client).
+    async fn until_suspect(&self, addr: SocketAddr) {
+        while !self.is_suspect(addr) {
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
     }
 
     fn preferred(&self) -> Option<SocketAddr> {
@@ -627,13 +670,20 @@ impl ClientShared {
         (round + 1).is_multiple_of(self.config.seeds.len())
     }
 
-    /// The member to try first in attempt `round`: the preferred one, then the seeds in turn.
+    /// The member to try first in attempt `round`: the preferred one, then the seeds in turn,
+    /// skipping suspects unless every seed is one.
     fn target(&self, round: usize) -> SocketAddr {
-        let seeds = &self.config.seeds;
-        match (round, self.preferred()) {
-            (0, Some(addr)) => addr,
-            _ => seeds[(self.start + round) % seeds.len()],
+        if round == 0
+            && let Some(addr) = self.preferred()
+        {
+            return addr;
         }
+        let seeds = &self.config.seeds;
+        let nth = |i: usize| seeds[(self.start + round + i) % seeds.len()];
+        (0..seeds.len())
+            .map(nth)
+            .find(|addr| !self.is_suspect(*addr))
+            .unwrap_or_else(|| nth(0))
     }
 }
 
@@ -696,11 +746,15 @@ impl StoreStatus {
     }
 }
 
-/// How long one forwarded request may wait for a member's answer before the member is given
-/// up on. A member killed without a word leaves its QUIC connection open until the idle
-/// timeout; this bounds how long a request waits on it. (Joins wait for the whole catch-up
-/// and use the full timeout.)
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a forwarded request waits before the caller starts asking whether the member it
+/// waits on still leads. A member killed without a word leaves its QUIC connection open until
+/// the idle timeout, so silence alone says little; another member naming a different leader
+/// does.
+const PROBE_AFTER: Duration = Duration::from_millis(100);
+/// Between two such questions, and the deadline of each.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a client avoids a member that stopped answering.
+const SUSPECT_FOR: Duration = Duration::from_secs(2);
 /// A client's pause after every seed was tried without an answer.
 const CLIENT_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -814,6 +868,10 @@ impl Store {
                 Err(Refusal::NotLeader {
                     leader_addr: Some(addr),
                 }) => match addr.parse::<SocketAddr>() {
+                    Ok(addr) if self.is_suspect(addr) => {
+                        // Named by a member that has not noticed yet that it is gone.
+                        return Err(Refusal::NotLeader { leader_addr: None });
+                    }
                     Ok(addr) => target = Some(addr).filter(|a| !(is_member && *a == own)),
                     Err(e) => {
                         return Err(Refusal::Failed(StoreError::Remote(format!(
@@ -843,10 +901,8 @@ impl Store {
         // A write that reached a member which then stopped may or may not have been proposed;
         // anything else is safe to send again to the next leader.
         let is_write = matches!(req, Request::Write(_));
-        let attempt = match req {
-            Request::Join { .. } => remaining,
-            _ => remaining.min(ATTEMPT_TIMEOUT),
-        };
+        // A join legitimately waits for the whole catch-up of the new member.
+        let watch_leader = !matches!(req, Request::Join { .. } | Request::Leader);
         let lost = |reason: String| {
             if is_write {
                 Refusal::Failed(StoreError::Indeterminate(reason))
@@ -854,29 +910,85 @@ impl Store {
                 Refusal::Unreachable(reason)
             }
         };
-        self.node
+        let client = self
+            .node
             .client(STORE_SERVICE)
             .at(addr)
-            .with_deadline(attempt)
-            .call::<Request, Reply, Refusal>(EXECUTE, req)
-            .await
-            .map_err(|e| match e {
-                CallError::Service(Refusal::Failed(StoreError::Stopped(reason))) => {
-                    lost(format!("the leader stopped: {reason}"))
-                }
-                CallError::Service(refusal) => refusal,
-                e @ (CallError::Unreachable { .. } | CallError::Unavailable(_)) => {
-                    Refusal::Unreachable(e.to_string())
-                }
-                CallError::DeadlineExceeded(d) if attempt < remaining => {
-                    lost(format!("{addr} did not answer within {d:?}"))
-                }
-                CallError::DeadlineExceeded(d) => {
-                    Refusal::Failed(StoreError::Timeout(format!("forwarded call took {d:?}")))
-                }
-                CallError::ConnectionLost { reason, .. } => lost(reason),
-                e => Refusal::Failed(StoreError::Remote(e.to_string())),
-            })
+            .with_deadline(remaining);
+        let call = client.call::<Request, Reply, Refusal>(EXECUTE, req);
+        let outcome = tokio::select! {
+            outcome = call => outcome,
+            () = self.leader_moved(addr), if watch_leader => {
+                self.suspect(addr);
+                return Err(lost(format!("{addr} stopped answering; another member leads")));
+            }
+        };
+        outcome.map_err(|e| match e {
+            CallError::Service(Refusal::Failed(StoreError::Stopped(reason))) => {
+                lost(format!("the leader stopped: {reason}"))
+            }
+            CallError::Service(refusal) => refusal,
+            e @ (CallError::Unreachable { .. } | CallError::Unavailable(_)) => {
+                self.suspect(addr);
+                Refusal::Unreachable(e.to_string())
+            }
+            CallError::DeadlineExceeded(d) => {
+                Refusal::Failed(StoreError::Timeout(format!("forwarded call took {d:?}")))
+            }
+            CallError::ConnectionLost { reason, .. } => {
+                self.suspect(addr);
+                lost(reason)
+            }
+            e => Refusal::Failed(StoreError::Remote(e.to_string())),
+        })
+    }
+
+    fn suspect(&self, addr: SocketAddr) {
+        if let Backend::Client(client) = &self.backend {
+            client.suspect(addr);
+        }
+    }
+
+    fn is_suspect(&self, addr: SocketAddr) -> bool {
+        match &self.backend {
+            Backend::Client(client) => client.is_suspect(addr),
+            Backend::Member(_) => false,
+        }
+    }
+
+    /// Resolves once a member other than `addr` is known to lead: `addr`, which a request is
+    /// waiting on, no longer does (or is gone). A member reads its own Raft metrics; a client
+    /// asks its other seeds.
+    async fn leader_moved(&self, addr: SocketAddr) {
+        tokio::time::sleep(PROBE_AFTER).await;
+        let waited_on = addr.to_string();
+        loop {
+            let named = match &self.backend {
+                Backend::Member(shared) => shared.raft.leader_addr(),
+                Backend::Client(client) => self.ask_for_leader(client, addr).await,
+            };
+            if named.is_some_and(|leader| leader != waited_on) {
+                return;
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    /// Asks the seeds other than `busy`, one after another, whom they follow.
+    async fn ask_for_leader(&self, client: &ClientShared, busy: SocketAddr) -> Option<String> {
+        for seed in client.config.seeds.iter().filter(|s| **s != busy) {
+            let reply = self
+                .node
+                .client(STORE_SERVICE)
+                .at(*seed)
+                .with_deadline(PROBE_INTERVAL)
+                .call::<Request, Reply, Refusal>(EXECUTE, Request::Leader)
+                .await;
+            if let Ok(Reply::Leader(Some(leader))) = reply {
+                return Some(leader);
+            }
+        }
+        None
     }
 
     /// Asks each seed in turn to admit this member, until one does or the join timeout passes.
@@ -1142,13 +1254,18 @@ impl ClientWatch {
                 after: self.after,
                 wait_ms: u64::try_from(WATCH_WAIT.as_millis()).unwrap_or(u64::MAX),
             };
-            let reply = self
+            let client = self
                 .node
                 .client(STORE_SERVICE)
                 .at(target)
-                .with_deadline(WATCH_WAIT + ATTEMPT_TIMEOUT)
-                .call::<WatchPoll, WatchBatch, Refusal>(WATCH, poll)
-                .await;
+                .with_deadline(WATCH_WAIT + WATCH_WAIT / 2);
+            let call = client.call::<WatchPoll, WatchBatch, Refusal>(WATCH, poll);
+            let reply = tokio::select! {
+                reply = call => reply,
+                () = self.client.until_suspect(target) => {
+                    Err(CallError::Unavailable(format!("{target} stopped answering")))
+                }
+            };
             match reply {
                 Ok(batch) => {
                     failing_since = None;
@@ -1162,6 +1279,9 @@ impl ClientWatch {
                 Err(CallError::Service(Refusal::Failed(e))) => return Err(e),
                 Err(e) => {
                     tracing::debug!(member = %target, error = %e, "watch poll failed; trying another member");
+                    if !matches!(e, CallError::Service(_)) {
+                        self.client.suspect(target);
+                    }
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     if since.elapsed() >= give_up {
                         return Err(StoreError::Unreachable(format!(
