@@ -239,7 +239,10 @@ enum Request {
     Get(String),
     Range(String),
     KeepAlive(LeaseId),
-    Join { id: u64, addr: String },
+    Join {
+        id: u64,
+        addr: String,
+    },
     /// Whom this member follows; answered by any member, leader or not.
     Leader,
 }
@@ -577,6 +580,14 @@ pub(crate) async fn start(
         .map_err(StoreError::from_raft)?;
     tracing::info!(id, addr = %node.local_addr(), "config store member started");
     Ok(())
+}
+
+/// Ends this member's pending watch polls at once (their clients move to other members), so
+/// that they do not hold up the node's drain.
+pub(crate) fn stop_polls(cell: &StoreCell) {
+    if let Some(shared) = cell.get() {
+        shared.stopping.cancel();
+    }
 }
 
 /// Stops the Raft member, if this node has one.
