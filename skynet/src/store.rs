@@ -12,6 +12,8 @@
 //!   reads, lease keep-alives, joins). Any member accepts them through [`Store`] and forwards them
 //!   to the leader it knows of.
 //!
+//! Membership (joins, removals, replacing voters that stopped answering) is in [`membership`].
+//!
 //! openraft types never appear here; the key-value types ([`KeyValue`], [`Event`], [`Txn`], ...)
 //! are skynet-raft's plain serde types.
 
@@ -29,6 +31,9 @@ use skynet_raft::{RaftConfig, RaftNode, RaftNodeError, RpcKind, Transport, Trans
 use crate::error::CallError;
 use crate::node::{Node, WeakNode};
 use crate::service::{Context, ServiceDef, ServiceDefError, ServiceError};
+
+mod membership;
+use membership::{Health, Removal, View};
 
 pub use skynet_raft::state::{
     Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, LeaseId, Op, OpResponse,
@@ -203,7 +208,16 @@ enum Request {
     Get(String),
     Range(String),
     KeepAlive(LeaseId),
-    Join { id: u64, addr: String },
+    Join {
+        id: u64,
+        addr: String,
+    },
+    /// Takes a member out of the cluster (leader only).
+    Remove {
+        id: u64,
+    },
+    /// The answering member's own view of the cluster (any member; never forwarded).
+    Status,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,6 +227,8 @@ enum Reply {
     Range(Vec<KeyValue>, Revision),
     Ttl(Duration),
     Joined,
+    Removed,
+    Status(StoreStatus),
 }
 
 /// Why the member asked could not serve a request.
@@ -248,8 +264,13 @@ impl Refusal {
 pub(crate) struct StoreShared {
     raft: RaftNode,
     config: StoreConfig,
-    /// Joins run one at a time on the leader: membership changes cannot overlap.
+    /// Joins, removals and voter replacements run one at a time on the leader: membership
+    /// changes cannot overlap.
     join_lock: tokio::sync::Mutex<()>,
+    /// When each peer last answered this member's Raft messages (from the transport).
+    health: Arc<Health>,
+    /// Stops the voter-keeping loop at shutdown.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Filled right after the node starts; the hosted services refuse requests until then.
@@ -296,6 +317,29 @@ impl StoreShared {
                 }
                 Ok(Reply::Joined)
             }
+            Request::Remove { id } => {
+                let _one_at_a_time = self.join_lock.lock().await;
+                // Confirms with a quorum that this member leads (or names the leader).
+                raft.linearizable_read(|_| ())
+                    .await
+                    .map_err(Refusal::from_raft)?;
+                let view = View::on_leader(
+                    &raft.metrics(),
+                    &self.health,
+                    self.config.voters,
+                    Instant::now(),
+                );
+                let removal = membership::removal(&view, id)
+                    .map_err(|reason| Refusal::Failed(StoreError::Membership(reason)))?;
+                tracing::info!(id, ?removal, "removing a member");
+                match removal {
+                    Removal::Voter(next) => raft.change_membership(next).await,
+                    Removal::Learner => raft.remove_learners([id].into()).await,
+                }
+                .map_err(Refusal::from_raft)?;
+                Ok(Reply::Removed)
+            }
+            Request::Status => Ok(Reply::Status(StoreStatus::from_metrics(&raft.metrics()))),
         }
     }
 }
@@ -345,6 +389,7 @@ pub(crate) fn services(cell: &StoreCell) -> Result<Vec<ServiceDef>, ServiceDefEr
 /// Raft traffic over the node's endpoint: each message is a call to `skynet.raft`.
 struct QuicTransport {
     node: WeakNode,
+    health: Arc<Health>,
 }
 
 impl Transport for QuicTransport {
@@ -370,19 +415,23 @@ impl Transport for QuicTransport {
             RpcKind::Snapshot => ("snapshot", SNAPSHOT_DEADLINE),
             _ => ("append_entries", RAFT_RPC_DEADLINE),
         };
-        node.client(RAFT_SERVICE)
+        let reply = node
+            .client(RAFT_SERVICE)
             .at(to)
             .with_deadline(deadline)
             .call::<Vec<u8>, Vec<u8>, ServiceError>(method, request)
-            .await
-            .map_err(|e| match e {
-                CallError::Unreachable { reason, .. } => unreachable(reason),
-                CallError::Unavailable(reason) => unreachable(reason),
-                other => TransportError::Failed {
-                    node: target,
-                    reason: other.to_string(),
-                },
-            })
+            .await;
+        if reply.is_ok() {
+            self.health.answered(target);
+        }
+        reply.map_err(|e| match e {
+            CallError::Unreachable { reason, .. } => unreachable(reason),
+            CallError::Unavailable(reason) => unreachable(reason),
+            other => TransportError::Failed {
+                node: target,
+                reason: other.to_string(),
+            },
+        })
     }
 }
 
@@ -433,8 +482,10 @@ pub(crate) async fn start(
         ));
     }
     let id = node_id(&config.data_dir)?;
+    let health = Arc::new(Health::default());
     let transport = QuicTransport {
         node: node.downgrade(),
+        health: health.clone(),
     };
     let raft = RaftNode::start(
         id,
@@ -448,6 +499,8 @@ pub(crate) async fn start(
         raft,
         config,
         join_lock: tokio::sync::Mutex::new(()),
+        health,
+        stopping: tokio_util::sync::CancellationToken::new(),
     });
     if cell.set(shared.clone()).is_err() {
         return Err(StoreError::Config("the store was started twice".into()));
@@ -473,6 +526,10 @@ pub(crate) async fn start(
         .wait_for_leader(timeout, |_| true)
         .await
         .map_err(StoreError::from_raft)?;
+    tokio::spawn(membership::keep_voters(
+        Arc::downgrade(&shared),
+        shared.stopping.clone(),
+    ));
     tracing::info!(id, addr = %node.local_addr(), "config store member started");
     Ok(())
 }
@@ -482,6 +539,7 @@ pub(crate) async fn shutdown(cell: &StoreCell) {
     let Some(shared) = cell.get() else {
         return;
     };
+    shared.stopping.cancel();
     match tokio::time::timeout(Duration::from_secs(5), shared.raft.shutdown()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "config store did not shut down cleanly"),
@@ -510,7 +568,7 @@ impl std::fmt::Debug for Store {
 }
 
 /// A member's view of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct StoreStatus {
     /// This member's id.
@@ -521,6 +579,8 @@ pub struct StoreStatus {
     pub term: u64,
     /// The voting members.
     pub voters: BTreeSet<u64>,
+    /// The non-voting members (learners): joined beyond the voter count, or demoted.
+    pub learners: BTreeSet<u64>,
 }
 
 impl StoreStatus {
@@ -530,6 +590,7 @@ impl StoreStatus {
             leader: m.leader,
             term: m.term,
             voters: m.voters.clone(),
+            learners: m.learners.clone(),
         }
     }
 }
@@ -711,6 +772,36 @@ impl Store {
     /// This member's current view of the cluster.
     pub fn status(&self) -> StoreStatus {
         StoreStatus::from_metrics(&self.shared.raft.metrics())
+    }
+
+    /// Asks the member at `member` for its own view of the cluster: its id, the leader it
+    /// follows, the voters and learners. Any node with the cluster credentials may ask.
+    pub async fn member_status(&self, member: SocketAddr) -> Result<StoreStatus, StoreError> {
+        match self
+            .remote(member, Request::Status, self.shared.config.timeout)
+            .await
+        {
+            Ok(Reply::Status(status)) => Ok(status),
+            Ok(other) => Err(unexpected(&other)),
+            Err(Refusal::Failed(e)) => Err(e),
+            Err(Refusal::Unreachable(reason)) => Err(StoreError::Unreachable(reason)),
+            Err(e @ (Refusal::NotReady(_) | Refusal::NotLeader { .. })) => {
+                Err(StoreError::Remote(e.to_string()))
+            }
+        }
+    }
+
+    /// Takes member `id` (a voter or a learner) out of the cluster, through the leader. Refused
+    /// if it is not a member, or if the voters left would not have an answering majority. The
+    /// leader then fills the seat from a caught-up learner, if there is one.
+    pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
+        match self
+            .execute(Request::Remove { id }, self.shared.config.timeout)
+            .await?
+        {
+            Reply::Removed => Ok(()),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Waits until this member's view of the cluster satisfies `accept`, and returns it.
