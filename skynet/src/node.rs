@@ -15,7 +15,7 @@ use crate::error::NodeError;
 use crate::peer::Peers;
 use crate::server::{self, InFlight, ServerState};
 use crate::service::{IntoService, ServiceDef, ServiceDefError};
-use crate::store::{self, Store, StoreCell, StoreConfig};
+use crate::store::{self, ClientShared, Store, StoreCell, StoreConfig};
 use crate::tls::Credentials;
 use crate::transport::{self, Bind};
 
@@ -84,9 +84,9 @@ impl NodeBuilder {
         self
     }
 
-    /// Makes this node a member of the replicated config store (see [`Node::store`]): it
-    /// bootstraps a new cluster or joins one through seeds, as `config` says. [`Self::start`]
-    /// returns once the member follows a leader.
+    /// Connects this node to the replicated config store (see [`Node::store`]): as a member that
+    /// bootstraps a new cluster or joins one through seeds, or as a client of the members, as
+    /// `config` says. For a member, [`Self::start`] returns once it follows a leader.
     pub fn store(mut self, config: StoreConfig) -> Self {
         self.store = Some(config);
         self
@@ -103,9 +103,16 @@ impl NodeBuilder {
         };
         let store_cell = StoreCell::default();
         let mut defs = self.services;
-        if let Some(config) = &self.store {
+        let mut store_client = None;
+        let mut member = None;
+        if let Some(config) = self.store {
             config.validate()?;
-            defs.extend(store::services(&store_cell)?.into_iter().map(Ok));
+            if config.is_client() {
+                store_client = Some(ClientShared::new(config));
+            } else {
+                defs.extend(store::services(&store_cell)?.into_iter().map(Ok));
+                member = Some(config);
+            }
         }
         let mut services = HashMap::new();
         for def in defs {
@@ -141,9 +148,10 @@ impl NodeBuilder {
                 server,
                 config: self.config,
                 store: store_cell,
+                store_client,
             }),
         };
-        if let Some(config) = self.store
+        if let Some(config) = member
             && let Err(e) = store::start(&node, config, &node.inner.store).await
         {
             node.shutdown().await;
@@ -182,6 +190,8 @@ pub(crate) struct NodeInner {
     pub(crate) peers: Peers,
     pub(crate) config: RpcConfig,
     store: StoreCell,
+    /// Set when the node is a client of the store rather than a member.
+    store_client: Option<Arc<ClientShared>>,
 }
 
 /// A node that does not keep it running: held by parts of the node itself (the store's Raft
@@ -248,7 +258,13 @@ impl Node {
         self.inner
             .store
             .get()
-            .map(|shared| Store::new(shared.clone(), self.clone()))
+            .map(|shared| Store::member(shared.clone(), self.clone()))
+            .or_else(|| {
+                self.inner
+                    .store_client
+                    .as_ref()
+                    .map(|client| Store::client(client.clone(), self.clone()))
+            })
     }
 
     pub(crate) fn downgrade(&self) -> WeakNode {

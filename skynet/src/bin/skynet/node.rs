@@ -76,14 +76,16 @@ pub(crate) async fn run(args: NodeArgs, out: &mut impl Write) -> Result<(), CliE
         node = start => node?,
         stop = signals.wait() => return stop,
     };
-    let Some(store) = node.store() else {
+    let Some(id) = node.store().and_then(|store| store.id()) else {
         node.shutdown().await;
-        return Err(skynet::NodeError::Config("the node started without its store".into()).into());
+        return Err(
+            skynet::NodeError::Config("the node started without a store member".into()).into(),
+        );
     };
     let ready = Ready {
         name: node.name(),
         addr: node.local_addr(),
-        id: store.id(),
+        id,
     };
     let printed = writeln!(out, "{ready}").and_then(|()| out.flush());
     if let Err(e) = printed {
@@ -115,7 +117,9 @@ mod tests {
             "c",
         ];
         let cli = Cli::try_parse_from(base.iter().chain(extra)).expect("flags parse");
-        let Command::Node(args) = cli.command;
+        let Command::Node(args) = cli.command else {
+            panic!("node expected");
+        };
         args
     }
 
