@@ -32,6 +32,10 @@ pub(crate) enum Command {
         skynet node --name a --port 7000 --data-dir /var/lib/skynet/a --certs /etc/skynet/dev\n  \
         skynet node --name b --join 127.0.0.1:7000 --data-dir /var/lib/skynet/b --certs /etc/skynet/dev")]
     Node(NodeArgs),
+
+    /// Test aid: hold a lease with keys on it, as a store client, until stopped.
+    #[command(hide = true)]
+    HoldLease(HoldLeaseArgs),
 }
 
 /// Flags of `skynet node`.
@@ -70,6 +74,38 @@ pub(crate) struct NodeArgs {
     pub(crate) certs: PathBuf,
 }
 
+/// Flags of the hidden `skynet hold-lease`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct HoldLeaseArgs {
+    /// This process's name, used in its certificate.
+    #[arg(long, default_value = "lease-holder")]
+    pub(crate) name: String,
+
+    /// Address of a cluster member; repeat for more.
+    #[arg(long, value_name = "ADDR", required = true)]
+    pub(crate) seed: Vec<SocketAddr>,
+
+    /// Development credentials directory of the cluster.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) certs: PathBuf,
+
+    /// The lease's time to live, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub(crate) ttl_ms: u64,
+
+    /// A key to write, bound to the lease; repeat for more.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub(crate) put: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err("expected KEY=VALUE with a non-empty key".into()),
+    }
+}
+
 fn parse_voters(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n @ (1 | 3 | 5)) => Ok(n),
@@ -95,7 +131,9 @@ mod tests {
     #[test]
     fn node_flags_and_defaults() {
         let cli = parse(&["node", "--name", "a", "--data-dir", "d", "--certs", "c"]).expect("ok");
-        let Command::Node(args) = cli.command;
+        let Command::Node(args) = cli.command else {
+            panic!("node expected");
+        };
         assert_eq!(args.bind, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!((args.port, args.voters), (None, 3));
         assert!(args.join.is_empty());
@@ -121,7 +159,9 @@ mod tests {
             "debug",
         ])
         .expect("ok");
-        let Command::Node(args) = cli.command;
+        let Command::Node(args) = cli.command else {
+            panic!("node expected");
+        };
         assert_eq!(args.join.len(), 2);
         assert_eq!((args.port, args.voters), (Some(7001), 5));
         assert_eq!(cli.log_level, "debug");
@@ -144,5 +184,46 @@ mod tests {
             "--data-dir is required"
         );
         assert!(parse(&["frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn hold_lease_takes_seeds_and_key_values() {
+        let cli = parse(&[
+            "hold-lease",
+            "--seed",
+            "127.0.0.1:7000",
+            "--certs",
+            "c",
+            "--put",
+            "svc/a=1=2",
+        ])
+        .expect("ok");
+        let Command::HoldLease(args) = cli.command else {
+            panic!("hold-lease expected");
+        };
+        assert_eq!(args.put, [("svc/a".to_owned(), "1=2".to_owned())]);
+        assert_eq!(args.ttl_ms, 2000);
+        assert!(
+            parse(&["hold-lease", "--certs", "c"]).is_err(),
+            "a seed is required"
+        );
+        assert!(
+            parse(&[
+                "hold-lease",
+                "--seed",
+                "127.0.0.1:1",
+                "--certs",
+                "c",
+                "--put",
+                "=x"
+            ])
+            .is_err()
+        );
+        assert!(
+            !Cli::command()
+                .render_help()
+                .to_string()
+                .contains("hold-lease")
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! module, and this file does the process-level I/O: logging, the runtime, the exit code.
 
 mod cli;
+mod hold_lease;
 mod node;
 mod signals;
 
@@ -64,6 +65,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
     runtime.block_on(async {
         match cli.command {
             Command::Node(args) => node::run(args, &mut std::io::stdout()).await,
+            Command::HoldLease(args) => hold_lease::run(args, &mut std::io::stdout()).await,
         }
     })
 }
