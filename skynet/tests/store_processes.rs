@@ -380,7 +380,7 @@ impl Writer {
     }
 }
 
-fn by_id<'a>(members: &'a [Member], id: u64) -> &'a Member {
+fn by_id(members: &[Member], id: u64) -> &Member {
     members
         .iter()
         .find(|m| m.id == id)
