@@ -600,6 +600,11 @@ async fn a_dead_voter_is_replaced_by_a_caught_up_learner() -> TestResult {
         "the dead voter is demoted, not dropped"
     );
     put_surely(&store, "after/replacement", "ok").await?;
+
+    // The demoted member is a learner now, and removing it takes it out altogether.
+    store.remove_member(victim).await?;
+    let (_, learners) = membership(&store, by_id(&members, lead), |_, l| l.is_empty()).await?;
+    assert!(learners.is_empty());
     client.shutdown().await;
     Ok(())
 }
