@@ -633,6 +633,14 @@ pub(crate) async fn start(
     Ok(())
 }
 
+/// Ends this member's pending watch polls at once (their clients move to other members), so
+/// that they do not hold up the node's drain.
+pub(crate) fn stop_polls(cell: &StoreCell) {
+    if let Some(shared) = cell.get() {
+        shared.stopping.cancel();
+    }
+}
+
 /// Stops the Raft member, if this node has one.
 pub(crate) async fn shutdown(cell: &StoreCell) {
     let Some(shared) = cell.get() else {
