@@ -62,10 +62,13 @@ async fn hold(
                 store.lease_revoke(lease).await?;
                 return Ok(());
             }
-            _ = beat.tick() => {
-                store.lease_keep_alive(lease).await?;
-                line(out, &format!("kept lease={lease}"))?;
-            }
+            _ = beat.tick() => match store.lease_keep_alive(lease).await {
+                Ok(_) => line(out, &format!("kept lease={lease}"))?,
+                // The lease is gone (expired or revoked): nothing left to hold.
+                Err(e @ skynet::StoreError::Lease(_)) => return Err(e.into()),
+                // No leader for a moment: the next beat tries again, well within the TTL.
+                Err(e) => tracing::warn!(error = %e, "keep-alive failed; retrying"),
+            },
         }
     }
 }
