@@ -627,6 +627,37 @@ async fn a_dead_voter_is_replaced_by_a_caught_up_learner() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leader_is_replaced_by_a_learner_under_the_next_leader() -> TestResult {
+    let cluster = Cluster::new(3);
+    let mut members = cluster.start_all(&["a", "b", "c", "d"]).await?;
+    let (client, store) = cluster.client(addrs(&members)).await?;
+    let d = members[3].id;
+    let all: Vec<&Member> = members.iter().collect();
+    let old = leader(&store, &all, |_| true).await?;
+    membership(&store, by_id(&members, old), |v, l| {
+        v.len() == 3 && l.contains(&d)
+    })
+    .await?;
+
+    // SIGKILL the leader. The next leader has not heard from anyone at first; once it has led
+    // long enough to tell the dead from the slow, it gives the old leader's seat to the learner.
+    let index = members.iter().position(|m| m.id == old).expect("leader");
+    members[index].proc.kill9();
+    let survivors = others(&members, old);
+    let new = leader(&store, &survivors, |l| l != old).await?;
+    assert_ne!(new, d, "a learner never leads");
+    let (voters, learners) = membership(&store, by_id(&members, new), |v, _| {
+        v.contains(&d) && !v.contains(&old)
+    })
+    .await?;
+    assert_eq!(voters.len(), 3);
+    assert_eq!(learners, BTreeSet::from([old]));
+    put_surely(&store, "after/leader-replacement", "ok").await?;
+    client.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_voters_then_a_removed_voter_keeps_a_quorum() -> TestResult {
     let cluster = Cluster::new(5);
     let mut members = cluster.start_all(&["a", "b", "c", "d", "e"]).await?;
