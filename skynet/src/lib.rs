@@ -64,6 +64,8 @@ pub use config::RpcConfig;
 pub use error::{CallError, NodeError, RejectReason};
 pub use node::{Node, NodeBuilder};
 pub use registry::{Instance, Registry};
+/// Version requirements for calls by name ([`ServiceClient::with_version`]).
+pub use semver::VersionReq;
 pub use service::{
     Context, IntoService, ServiceDef, ServiceDefBuilder, ServiceDefError, ServiceError, Wire,
 };
@@ -128,6 +130,7 @@ pub mod __private {
     pub use crate::node::Node;
     pub use crate::service::{Context, IntoService, ServiceDef, ServiceDefError, Wire};
     pub use ::core;
+    pub use ::semver::VersionReq;
     pub use ::std;
 
     /// Compile-time check that a type can cross the wire; its span points at the user's type.

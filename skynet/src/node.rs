@@ -391,7 +391,7 @@ impl Node {
         let records: Vec<Instance> = inner
             .services
             .values()
-            .filter(|def| !def.name().starts_with("skynet."))
+            .filter(|def| !store::is_internal(def.name()))
             .map(|def| self.instance_record(def))
             .collect();
         if records.is_empty() {
