@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::error::NodeError;
 use crate::service::ServiceDef;
 use crate::stats::StatsSnapshot;
 
@@ -49,13 +50,21 @@ struct AdminState {
     started: Instant,
 }
 
-/// A bound admin port that is not serving yet: binding comes first so that a port in use
-/// fails the node's start before anything else is running.
-pub(crate) struct Bound(TcpListener);
+/// A bound admin port that is not serving yet.
+pub(crate) struct Bound {
+    listener: TcpListener,
+    requested: SocketAddr,
+}
 
 /// Binds the admin port.
-pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<Bound> {
-    TcpListener::bind(addr).await.map(Bound)
+pub(crate) async fn bind(addr: SocketAddr) -> Result<Bound, NodeError> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Bound {
+            listener,
+            requested: addr,
+        }),
+        Err(source) => Err(NodeError::Admin { addr, source }),
+    }
 }
 
 /// A running admin port. Dropping it stops the accept loop.
@@ -71,8 +80,14 @@ impl Bound {
         self,
         node: &str,
         services: Arc<HashMap<Box<str>, ServiceDef>>,
-    ) -> std::io::Result<AdminServer> {
-        let addr = self.0.local_addr()?;
+    ) -> Result<AdminServer, NodeError> {
+        let addr = self
+            .listener
+            .local_addr()
+            .map_err(|source| NodeError::Admin {
+                addr: self.requested,
+                source,
+            })?;
         let state = Arc::new(AdminState {
             node: node.to_owned(),
             services,
@@ -80,7 +95,12 @@ impl Bound {
         });
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(accept_loop(self.0, state, stop.clone(), tasks.clone()));
+        tasks.spawn(accept_loop(
+            self.listener,
+            state,
+            stop.clone(),
+            tasks.clone(),
+        ));
         tracing::info!(%addr, "admin port listening");
         Ok(AdminServer { addr, stop, tasks })
     }
