@@ -23,6 +23,7 @@ use hyper::header::{ALLOW, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
+use crate::error::NodeError;
 use crate::http::{self, HttpServer, Limits, plain};
 use crate::service::ServiceDef;
 use crate::stats::StatsSnapshot;
@@ -41,11 +42,20 @@ struct AdminState {
 
 /// A bound admin port that is not serving yet: binding comes first so that a port in use
 /// fails the node's start before anything else is running.
-pub(crate) struct Bound(TcpListener);
+pub(crate) struct Bound {
+    listener: TcpListener,
+    requested: SocketAddr,
+}
 
 /// Binds the admin port.
-pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<Bound> {
-    TcpListener::bind(addr).await.map(Bound)
+pub(crate) async fn bind(addr: SocketAddr) -> Result<Bound, NodeError> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Bound {
+            listener,
+            requested: addr,
+        }),
+        Err(source) => Err(NodeError::Admin { addr, source }),
+    }
 }
 
 /// A running admin port. Dropping it stops the accept loop.
@@ -57,7 +67,7 @@ impl Bound {
         self,
         node: &str,
         services: Arc<HashMap<Box<str>, ServiceDef>>,
-    ) -> std::io::Result<AdminServer> {
+    ) -> Result<AdminServer, NodeError> {
         let state = Arc::new(AdminState {
             node: node.to_owned(),
             services,
@@ -67,9 +77,14 @@ impl Bound {
             connections: MAX_CONNECTIONS,
             connection_time: MAX_CONNECTION_TIME,
         };
-        let server = HttpServer::serve(self.0, limits, move |request| {
+        let requested = self.requested;
+        let server = HttpServer::serve(self.listener, limits, move |request| {
             let response = respond(&state, &request);
             std::future::ready(response)
+        })
+        .map_err(|source| NodeError::Admin {
+            addr: requested,
+            source,
         })?;
         tracing::info!(addr = %server.addr(), "admin port listening");
         Ok(AdminServer(server))
