@@ -39,6 +39,8 @@
 //! - [`store`]: with [`NodeBuilder::store`] the node is a member of the replicated config store
 //!   (skynet-raft) and [`Node::store`] gives the KV, transaction, lease and watch API. Raft
 //!   traffic rides the same endpoint and credentials.
+//! - [`route`]: routes (chains of sync and fire-and-forget calls) stored in the config store,
+//!   and the [`route::Router`] that runs them, found by name like any service.
 //! - [`tls`] creates the cluster CA and node certificates, or does it all in development mode.
 //! - [`wire`] and [`codec`] are the frame format and payload encodings (`docs/protocol.md`).
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
@@ -51,6 +53,7 @@ mod error;
 mod node;
 mod peer;
 pub mod registry;
+pub mod route;
 mod server;
 mod service;
 pub mod store;

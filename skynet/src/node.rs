@@ -349,6 +349,11 @@ impl Node {
         &self.inner
     }
 
+    /// Cancelled at shutdown: ends the node's background tasks.
+    pub(crate) fn background(&self) -> &CancellationToken {
+        &self.inner.background
+    }
+
     /// This node's live view of the service registry; `None` without a store.
     pub fn registry(&self) -> Option<Registry> {
         self.inner.registry.get().cloned()
@@ -391,7 +396,7 @@ impl Node {
         let records: Vec<Instance> = inner
             .services
             .values()
-            .filter(|def| !def.name().starts_with("skynet."))
+            .filter(|def| !matches!(def.name(), store::RAFT_SERVICE | store::STORE_SERVICE))
             .map(|def| self.instance_record(def))
             .collect();
         if records.is_empty() {

@@ -1,12 +1,15 @@
 //! `skynet`: run cluster processes from the command line.
 //!
-//! `skynet node` runs a plain config-store member; later roles (router, initiator, watcher, ...)
-//! become subcommands next to it. Parsing lives in `cli`, each subcommand's logic in its own
+//! `skynet node` runs a plain config-store member, `skynet router` a router, and `skynet routes`
+//! reads and changes routes; later roles (initiator, watcher, ...) become subcommands next to
+//! them. Parsing lives in `cli`, each subcommand's logic in its own
 //! module, and this file does the process-level I/O: logging, the runtime, the exit code.
 
 mod cli;
 mod hold_lease;
 mod node;
+mod router;
+mod routes;
 mod signals;
 
 use std::process::ExitCode;
@@ -25,6 +28,20 @@ enum CliError {
     /// A config store request failed.
     #[error(transparent)]
     Store(#[from] skynet::StoreError),
+    /// A route was refused, or a route operation failed.
+    #[error(transparent)]
+    Route(#[from] skynet::route::RouteError),
+    /// The router could not start.
+    #[error(transparent)]
+    Router(#[from] skynet::route::RouterError),
+    /// An input file (or stdin) could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Input {
+        /// The file, `-` for stdin.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The log filter does not parse.
     #[error("invalid --log-level {filter:?}: {reason}")]
     LogFilter {
@@ -65,6 +82,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
     runtime.block_on(async {
         match cli.command {
             Command::Node(args) => node::run(args, &mut std::io::stdout()).await,
+            Command::Router(args) => router::run(args, &mut std::io::stdout()).await,
+            Command::Routes(args) => routes::run(args, &mut std::io::stdout()).await,
             Command::HoldLease(args) => hold_lease::run(args, &mut std::io::stdout()).await,
         }
     })
