@@ -10,13 +10,25 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "skynet", version, propagate_version = true)]
 pub(crate) struct Cli {
     /// Log filter: a level (error, warn, info, debug, trace) or directives like
-    /// "info,skynet=debug". Logs go to stderr.
-    #[arg(long, global = true, value_name = "FILTER", default_value = "info")]
-    pub(crate) log_level: String,
+    /// "info,skynet=debug". Logs go to stderr. [default: info; warn for `routes`]
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub(crate) log_level: Option<String>,
 
     /// What to run.
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+impl Cli {
+    /// The log filter in force: `--log-level`, else `warn` for the one-shot `routes` commands
+    /// (whose stdout is the answer) and `info` for the long-running roles.
+    pub(crate) fn log_filter(&self) -> &str {
+        match (&self.log_level, &self.command) {
+            (Some(filter), _) => filter,
+            (None, Command::Routes(_)) => "warn",
+            (None, _) => "info",
+        }
+    }
 }
 
 /// The subcommands.
@@ -40,7 +52,7 @@ pub(crate) enum Command {
     /// the store's watch (a changed route is used as soon as it arrives, no restart), and
     /// registers itself, so that initiators find it by name and fail over to another router
     /// when it dies. Once it has read the routes it prints one line to stdout,
-    /// `ready name=<name> addr=<ip:port> service=skynet.router`, and runs until SIGTERM or
+    /// `ready name=<name> addr=<ip:port> service=skynet.router routes=<count>`, and runs until SIGTERM or
     /// Ctrl-C, then stops gracefully: it stops taking new requests, finishes the ones it has,
     /// and leaves the registry.
     #[command(after_help = "Example:\n  \
@@ -255,13 +267,13 @@ mod tests {
     #[test]
     fn node_flags_and_defaults() {
         let cli = parse(&["node", "--name", "a", "--data-dir", "d", "--certs", "c"]).expect("ok");
-        let Command::Node(args) = cli.command else {
+        let Command::Node(args) = &cli.command else {
             panic!("node expected");
         };
         assert_eq!(args.bind, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!((args.port, args.voters), (None, 3));
         assert!(args.join.is_empty());
-        assert_eq!(cli.log_level, "info");
+        assert_eq!(cli.log_filter(), "info");
 
         let cli = parse(&[
             "node",
@@ -283,12 +295,12 @@ mod tests {
             "debug",
         ])
         .expect("ok");
-        let Command::Node(args) = cli.command else {
+        let Command::Node(args) = &cli.command else {
             panic!("node expected");
         };
         assert_eq!(args.join.len(), 2);
         assert_eq!((args.port, args.voters), (Some(7001), 5));
-        assert_eq!(cli.log_level, "debug");
+        assert_eq!(cli.log_filter(), "debug");
     }
 
     #[test]
@@ -327,17 +339,21 @@ mod tests {
 
     #[test]
     fn routes_subcommands_parse() {
-        let store = ["--join", "127.0.0.1:7000", "--certs", "c"];
-        let routes = |extra: &[&str]| {
+        let routes_args = |extra: &[&'static str]| {
             let mut args = vec!["routes"];
             args.extend_from_slice(extra);
-            args.extend_from_slice(&store);
-            parse(&args).map(|cli| match cli.command {
+            args.extend_from_slice(&["--join", "127.0.0.1:7000", "--certs", "c"]);
+            args
+        };
+        let routes = |extra: &[&'static str]| {
+            parse(&routes_args(extra)).map(|cli| match cli.command {
                 Command::Routes(args) => args.command,
                 other => panic!("routes expected, got {other:?}"),
             })
         };
         assert!(matches!(routes(&["list"]), Ok(RoutesCommand::List { .. })));
+        let quiet = parse(&routes_args(&["list"])).expect("ok");
+        assert_eq!(quiet.log_filter(), "warn");
         assert!(
             matches!(routes(&["get", "hello"]), Ok(RoutesCommand::Get { name, .. }) if name == "hello")
         );

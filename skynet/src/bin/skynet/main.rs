@@ -74,7 +74,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    init_logging(&cli.log_level)?;
+    init_logging(cli.log_filter())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
