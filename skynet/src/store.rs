@@ -40,6 +40,12 @@ pub use skynet_raft::state::{
     Outcome, Revision, Txn,
 };
 
+/// Whether `service` is one of the store's own services, which are not registered: every
+/// member hosts them and they are reached by address.
+pub(crate) fn is_internal(service: &str) -> bool {
+    service == RAFT_SERVICE || service == STORE_SERVICE
+}
+
 /// Name of the internal service carrying Raft traffic.
 pub(crate) const RAFT_SERVICE: &str = "skynet.raft";
 /// Name of the internal service running leader-only requests.
@@ -60,9 +66,10 @@ const MAX_HOPS: usize = 4;
 /// Longest a member holds a watch poll open when nothing changes.
 const MAX_WATCH_WAIT: Duration = Duration::from_secs(30);
 /// How long a client's watch poll waits before asking again (below `MAX_WATCH_WAIT`). It
-/// also bounds how long a watch sits on a member that died silently, unless the client's other
-/// requests notice first.
-const WATCH_WAIT: Duration = Duration::from_secs(3);
+/// also bounds, with the half-second margin of the poll's deadline, how long a watch sits on a
+/// member that died silently, unless the client's other requests notice first. An idle watch
+/// costs one small request a second.
+const WATCH_WAIT: Duration = Duration::from_secs(1);
 /// A watch reply stops adding events past this many bytes (at a revision boundary), far below
 /// the frame limit: a watcher that is far behind catches up in several replies.
 const MAX_WATCH_BATCH_BYTES: usize = 1 << 20;
@@ -1362,7 +1369,7 @@ impl ClientWatch {
                 .node
                 .client(STORE_SERVICE)
                 .at(target)
-                .with_deadline(WATCH_WAIT + WATCH_WAIT / 2);
+                .with_deadline(WATCH_WAIT + Duration::from_millis(500));
             let call = client.call::<WatchPoll, WatchBatch, Refusal>(WATCH, poll);
             let reply = tokio::select! {
                 reply = call => reply,
