@@ -102,9 +102,9 @@ impl fmt::Display for RouteFailure {
                 write!(f, "Service {service} failed: {} ({place})", self.message)
             }
             FailureKind::Deadline => match self.hop {
-                Some(_) => write!(
+                Some(hop) => write!(
                     f,
-                    "Route {} ran out of time waiting for service {service} ({place})",
+                    "Route {} ran out of time waiting for service {service} (hop {hop})",
                     self.route
                 ),
                 None => write!(f, "Route {} ran out of time: {}", self.route, self.message),

@@ -14,6 +14,7 @@ use crate::codec::Encoding;
 use crate::error::CallError;
 use crate::node::{Node, WeakNode};
 use crate::service::{Context, ServiceDef};
+use crate::trace::TraceId;
 
 /// The router's request: run route `route` on `input`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -362,13 +363,19 @@ impl HopCaller for NodeCaller {
         let client = client(&self.node, &hop, self.node.config().default_deadline);
         let shared = self.shared.clone();
         let route_name = route.name.clone();
-        tokio::spawn(async move {
+        let hop_call = async move {
             if let Err(e) = client.call_json(&hop.method, &input).await {
                 tracing::warn!(route = %route_name, hop = number, target = %hop.target(),
                     error = %e, "async hop failed");
                 shared.counters.async_errors.fetch_add(1, Ordering::Relaxed);
             }
-        });
+        };
+        // The spawned task is outside the handler's trace scope: the async hop keeps the
+        // request's trace id only if it is carried over.
+        match TraceId::current() {
+            Some(trace) => tokio::spawn(trace.scope(hop_call)),
+            None => tokio::spawn(hop_call),
+        };
     }
 
     fn skipped(&self, route: &Route, number: usize, error: &HopError) {
