@@ -306,13 +306,16 @@ impl StopFlag {
     }
 }
 
+/// Whether an error is the one a case expects.
+type IsExpected = fn(&RouteError) -> bool;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_routes_are_refused_with_their_reason_and_nothing_is_written() -> TestResult {
     let cluster = Cluster::new().await?;
     let store = cluster.store();
     let mut async_stop = Hop::new("audit", "record");
     async_stop.mode = HopMode::Async;
-    let cases: Vec<(Route, fn(&RouteError) -> bool)> = vec![
+    let cases: Vec<(Route, IsExpected)> = vec![
         (Route::new("", vec![Hop::new("s", "m")]), |e| {
             matches!(e, RouteError::BadName { .. })
         }),

@@ -285,8 +285,11 @@ async fn run_inner(
     ctx: &Context,
     req: RunRoute,
 ) -> Result<Value, RouteFailure> {
-    let started = Instant::now();
-    let until = ctx.deadline().unwrap_or(started + Duration::from_secs(30));
+    // Calls through a client always carry a deadline; a raw request without one gets the
+    // deadline clients use by default.
+    let until = ctx
+        .deadline()
+        .unwrap_or_else(|| Instant::now() + crate::RpcConfig::default().default_deadline);
     let remaining = || until.saturating_duration_since(Instant::now());
     let name = req.route.as_str();
     let mut rx = shared.attached.subscribe();
