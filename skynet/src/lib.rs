@@ -39,6 +39,8 @@
 //! - [`store`]: with [`NodeBuilder::store`] the node is a member of the replicated config store
 //!   (skynet-raft) and [`Node::store`] gives the KV, transaction, lease and watch API. Raft
 //!   traffic rides the same endpoint and credentials.
+//! - [`route`]: routes (chains of sync and fire-and-forget calls) stored in the config store,
+//!   and the [`route::Router`] that runs them, found by name like any service.
 //! - [`stats`]: every node counts the calls of each method it hosts ([`Node::stats`]) and,
 //!   with [`NodeBuilder::admin`], serves them over HTTP as `/debug/vars` and `/metrics`.
 //! - [`trace`]: every call carries a [`TraceId`] across hops, and runs in `tracing` spans.
@@ -57,6 +59,7 @@ pub mod initiator;
 mod node;
 mod peer;
 pub mod registry;
+pub mod route;
 mod server;
 mod service;
 pub mod stats;

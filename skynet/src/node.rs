@@ -384,6 +384,11 @@ impl Node {
         &self.inner
     }
 
+    /// Cancelled at shutdown: ends the node's background tasks.
+    pub(crate) fn background(&self) -> &CancellationToken {
+        &self.inner.background
+    }
+
     /// This node's live view of the service registry; `None` without a store.
     pub fn registry(&self) -> Option<Registry> {
         self.inner.registry.get().cloned()

@@ -831,6 +831,11 @@ const SUSPECT_FOR: Duration = Duration::from_secs(2);
 const CLIENT_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 impl Store {
+    /// The node this handle belongs to.
+    pub(crate) fn node(&self) -> &Node {
+        &self.node
+    }
+
     pub(crate) fn member(shared: Arc<StoreShared>, node: Node) -> Self {
         Self {
             backend: Backend::Member(shared),

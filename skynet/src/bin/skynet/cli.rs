@@ -10,13 +10,25 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "skynet", version, propagate_version = true)]
 pub(crate) struct Cli {
     /// Log filter: a level (error, warn, info, debug, trace) or directives like
-    /// "info,skynet=debug". Logs go to stderr.
-    #[arg(long, global = true, value_name = "FILTER", default_value = "info")]
-    pub(crate) log_level: String,
+    /// "info,skynet=debug". Logs go to stderr. [default: info; warn for `routes`]
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub(crate) log_level: Option<String>,
 
     /// What to run.
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+impl Cli {
+    /// The log filter in force: `--log-level`, else `warn` for the one-shot `routes` commands
+    /// (whose stdout is the answer) and `info` for the long-running roles.
+    pub(crate) fn log_filter(&self) -> &str {
+        match (&self.log_level, &self.command) {
+            (Some(filter), _) => filter,
+            (None, Command::Routes(_)) => "warn",
+            (None, _) => "info",
+        }
+    }
 }
 
 /// The subcommands.
@@ -32,6 +44,33 @@ pub(crate) enum Command {
         skynet node --name a --port 7000 --data-dir /var/lib/skynet/a --certs /etc/skynet/dev\n  \
         skynet node --name b --join 127.0.0.1:7000 --data-dir /var/lib/skynet/b --certs /etc/skynet/dev")]
     Node(NodeArgs),
+
+    /// Run a router: host the skynet.router service, which runs the routes stored in the
+    /// config store.
+    ///
+    /// The router reaches the store as a client through --join, follows every route through
+    /// the store's watch (a changed route is used as soon as it arrives, no restart), and
+    /// registers itself, so that initiators find it by name and fail over to another router
+    /// when it dies. Once it has read the routes it prints one line to stdout,
+    /// `ready name=<name> addr=<ip:port> service=skynet.router routes=<count>`, and runs until SIGTERM or
+    /// Ctrl-C, then stops gracefully: it stops taking new requests, finishes the ones it has,
+    /// and leaves the registry.
+    #[command(after_help = "Example:\n  \
+        skynet router --name router-1 --join 127.0.0.1:7000 --certs /etc/skynet/dev")]
+    Router(RouterArgs),
+
+    /// Read and change the routes in the config store (JSON in and out).
+    ///
+    /// A route is a named list of hops, each a call of one method of one service; see
+    /// docs/routes.md for the format. Every route is validated before it is written.
+    #[command(after_help = "Examples:\n  \
+        skynet routes list --join 127.0.0.1:7000 --certs /etc/skynet/dev\n  \
+        skynet routes get hello --join 127.0.0.1:7000 --certs /etc/skynet/dev > hello.json\n  \
+        skynet routes set hello.json --join 127.0.0.1:7000 --certs /etc/skynet/dev\n  \
+        echo '{\"name\":\"hello\",\"hops\":[{\"service\":\"hello\",\"method\":\"hello\"}]}' \\\n    \
+        | skynet routes set --join 127.0.0.1:7000 --certs /etc/skynet/dev\n  \
+        skynet routes delete hello --join 127.0.0.1:7000 --certs /etc/skynet/dev")]
+    Routes(RoutesArgs),
 
     /// Test aid: hold a lease with keys on it, as a store client, until stopped.
     #[command(hide = true)]
@@ -226,6 +265,103 @@ pub(crate) struct NodeArgs {
     pub(crate) certs: PathBuf,
 }
 
+/// Flags of `skynet router`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RouterArgs {
+    /// This process's name, used in its certificate, its registry record and its logs.
+    #[arg(long, default_value = "router")]
+    pub(crate) name: String,
+
+    /// IP address to listen on; callers dial the address the router registers, so it must be
+    /// one they can reach (not 0.0.0.0).
+    #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub(crate) bind: IpAddr,
+
+    /// UDP port to listen on; absent or 0 picks a free one (see the ready line).
+    #[arg(long)]
+    pub(crate) port: Option<u16>,
+
+    /// Address of a config store member to reach the store through; repeat for more.
+    #[arg(long = "join", value_name = "ADDR", required = true)]
+    pub(crate) join: Vec<SocketAddr>,
+
+    /// Development credentials directory of the cluster (the same for every process).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) certs: PathBuf,
+}
+
+/// Flags of `skynet routes`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RoutesArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: RoutesCommand,
+}
+
+/// How `skynet routes` reaches the config store.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct StoreFlags {
+    /// Address of a config store member; repeat for more.
+    #[arg(long = "join", value_name = "ADDR", required = true)]
+    pub(crate) join: Vec<SocketAddr>,
+
+    /// Development credentials directory of the cluster.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) certs: PathBuf,
+}
+
+/// The subcommands of `skynet routes`.
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum RoutesCommand {
+    /// Print every route as a JSON array, in name order, each with its revision.
+    List {
+        /// The store.
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+    /// Print one route as JSON, with its revision (exit status 1 if there is none).
+    Get {
+        /// The route's name.
+        name: String,
+        /// The store.
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+    /// Validate a route and write it; prints {"name":..,"revision":..}.
+    ///
+    /// The route's JSON comes from FILE, or from stdin if FILE is absent or "-". If it has a
+    /// "revision" (as `routes get` prints it), the write happens only if the stored route is
+    /// still at that revision, so that concurrent edits are never silently lost; without one
+    /// it overwrites. Routers use the new route as soon as their watch delivers it.
+    Set {
+        /// The route's JSON file; "-" or absent for stdin.
+        file: Option<PathBuf>,
+        /// The store.
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+    /// Delete a route (exit status 1 if there is none); prints {"name":..,"deleted":true}.
+    Delete {
+        /// The route's name.
+        name: String,
+        /// The store.
+        #[command(flatten)]
+        store: StoreFlags,
+    },
+}
+
+impl RoutesCommand {
+    /// How to reach the store.
+    pub(crate) fn store(&self) -> &StoreFlags {
+        match self {
+            RoutesCommand::List { store }
+            | RoutesCommand::Get { store, .. }
+            | RoutesCommand::Set { store, .. }
+            | RoutesCommand::Delete { store, .. } => store,
+        }
+    }
+}
+
 /// Flags of the hidden `skynet hold-lease`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct HoldLeaseArgs {
@@ -283,13 +419,13 @@ mod tests {
     #[test]
     fn node_flags_and_defaults() {
         let cli = parse(&["node", "--name", "a", "--data-dir", "d", "--certs", "c"]).expect("ok");
-        let Command::Node(args) = cli.command else {
+        let Command::Node(args) = &cli.command else {
             panic!("node expected");
         };
         assert_eq!(args.bind, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!((args.port, args.voters), (None, 3));
         assert!(args.join.is_empty());
-        assert_eq!(cli.log_level, "info");
+        assert_eq!(cli.log_filter(), "info");
 
         let cli = parse(&[
             "node",
@@ -311,12 +447,12 @@ mod tests {
             "debug",
         ])
         .expect("ok");
-        let Command::Node(args) = cli.command else {
+        let Command::Node(args) = &cli.command else {
             panic!("node expected");
         };
         assert_eq!(args.join.len(), 2);
         assert_eq!((args.port, args.voters), (Some(7001), 5));
-        assert_eq!(cli.log_level, "debug");
+        assert_eq!(cli.log_filter(), "debug");
     }
 
     #[test]
@@ -336,6 +472,61 @@ mod tests {
             "--data-dir is required"
         );
         assert!(parse(&["frobnicate"]).is_err());
+    }
+
+    #[test]
+    fn router_flags_need_a_store_to_join() {
+        let cli = parse(&["router", "--join", "127.0.0.1:7000", "--certs", "c"]).expect("ok");
+        let Command::Router(args) = cli.command else {
+            panic!("router expected");
+        };
+        assert_eq!((args.name.as_str(), args.port), ("router", None));
+        assert_eq!(args.join.len(), 1);
+        assert!(
+            parse(&["router", "--certs", "c"]).is_err(),
+            "--join is required"
+        );
+        assert!(parse(&["router", "--join", "x", "--certs", "c"]).is_err());
+    }
+
+    #[test]
+    fn routes_subcommands_parse() {
+        let routes_args = |extra: &[&'static str]| {
+            let mut args = vec!["routes"];
+            args.extend_from_slice(extra);
+            args.extend_from_slice(&["--join", "127.0.0.1:7000", "--certs", "c"]);
+            args
+        };
+        let routes = |extra: &[&'static str]| {
+            parse(&routes_args(extra)).map(|cli| match cli.command {
+                Command::Routes(args) => args.command,
+                other => panic!("routes expected, got {other:?}"),
+            })
+        };
+        assert!(matches!(routes(&["list"]), Ok(RoutesCommand::List { .. })));
+        let quiet = parse(&routes_args(&["list"])).expect("ok");
+        assert_eq!(quiet.log_filter(), "warn");
+        assert!(
+            matches!(routes(&["get", "hello"]), Ok(RoutesCommand::Get { name, .. }) if name == "hello")
+        );
+        assert!(matches!(
+            routes(&["set"]),
+            Ok(RoutesCommand::Set { file: None, .. })
+        ));
+        assert!(matches!(
+            routes(&["set", "r.json"]),
+            Ok(RoutesCommand::Set { file: Some(_), .. })
+        ));
+        assert!(matches!(
+            routes(&["delete", "hello"]),
+            Ok(RoutesCommand::Delete { .. })
+        ));
+        assert!(routes(&["get"]).is_err(), "get needs a name");
+        assert!(routes(&["rename"]).is_err());
+        assert!(
+            parse(&["routes", "list", "--certs", "c"]).is_err(),
+            "--join is required"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `skynet`: run cluster processes from the command line.
 //!
-//! `skynet node` runs a plain config-store member; later roles (router, initiator, watcher, ...)
-//! become subcommands next to it. Parsing lives in `cli`, each subcommand's logic in its own
+//! `skynet node` runs a plain config-store member, `skynet router` a router, and `skynet routes`
+//! reads and changes routes; later roles (initiator, watcher, ...) become subcommands next to
+//! them. Parsing lives in `cli`, each subcommand's logic in its own
 //! module, and this file does the process-level I/O: logging, the runtime, the exit code.
 
 mod cli;
@@ -9,6 +10,8 @@ mod client;
 mod hold_lease;
 mod initiator;
 mod node;
+mod router;
+mod routes;
 mod signals;
 mod watcher;
 
@@ -28,6 +31,20 @@ enum CliError {
     /// A config store request failed.
     #[error(transparent)]
     Store(#[from] skynet::StoreError),
+    /// A route was refused, or a route operation failed.
+    #[error(transparent)]
+    Route(#[from] skynet::route::RouteError),
+    /// The router could not start.
+    #[error(transparent)]
+    Router(#[from] skynet::route::RouterError),
+    /// An input file (or stdin) could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Input {
+        /// The file, `-` for stdin.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The log filter does not parse.
     #[error("invalid --log-level {filter:?}: {reason}")]
     LogFilter {
@@ -66,7 +83,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    init_logging(&cli.log_level)?;
+    init_logging(cli.log_filter())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,6 +91,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
     runtime.block_on(async {
         match cli.command {
             Command::Node(args) => node::run(args, &mut std::io::stdout()).await,
+            Command::Router(args) => router::run(args, &mut std::io::stdout()).await,
+            Command::Routes(args) => routes::run(args, &mut std::io::stdout()).await,
             Command::HoldLease(args) => hold_lease::run(args, &mut std::io::stdout()).await,
             Command::Initiator(command) => initiator::run(command, &mut std::io::stdout()).await,
             Command::Watcher(args) => watcher::run(args, &mut std::io::stdout()).await,
