@@ -496,6 +496,17 @@ impl RaftNode {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// The address of the leader this member follows (or is), if it knows one.
+    pub fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
     /// A snapshot of this member's view of the cluster.
     pub fn metrics(&self) -> NodeMetrics {
         NodeMetrics::from_openraft(&self.raft.metrics().borrow())

@@ -1,4 +1,5 @@
-//! Calling services: typed calls, JSON calls, deadlines, and the same-process fast path.
+//! Calling services: typed calls, JSON calls, deadlines, the same-process fast path, and calls
+//! by name through the registry (balanced, with ejection and budgeted retries).
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -7,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 
+use crate::balance;
 use crate::codec::{self, CodecError, Encoding};
 use crate::error::{CallError, RejectReason};
 use crate::node::Node;
 use crate::peer::PeerError;
+use crate::registry::{Instance, Registry};
 use crate::server::panic_message;
 use crate::service::{Context, ServiceDef, Wire};
 use crate::wire::{self, RequestHead, Status};
@@ -19,8 +22,9 @@ use crate::wire::{self, RequestHead, Status};
 /// changed copy, so per-call options never leak into other calls.
 ///
 /// Where a call goes: to [`ServiceClient::at`]'s address if one is set; otherwise to the
-/// service in this process. A call to a service this process hosts never touches the network
-/// or the codec.
+/// service in this process, if it hosts it (a call that never touches the network or the
+/// codec); otherwise, on a node with a store, to an instance chosen from the live registry
+/// (see [`ServiceClient::call`]).
 #[derive(Clone, Debug)]
 pub struct ServiceClient {
     node: Node,
@@ -28,11 +32,13 @@ pub struct ServiceClient {
     target: Option<SocketAddr>,
     deadline: Option<Duration>,
     encoding: Encoding,
+    version: Option<semver::VersionReq>,
 }
 
 enum Route<'a> {
     Local(&'a ServiceDef),
     Remote(SocketAddr),
+    Discover(Registry),
 }
 
 impl ServiceClient {
@@ -44,7 +50,14 @@ impl ServiceClient {
             target: None,
             deadline: None,
             encoding: Encoding::Bincode,
+            version: None,
         }
+    }
+
+    /// Calls only instances whose version matches `requirement` (a local service too).
+    pub fn with_version(mut self, requirement: semver::VersionReq) -> Self {
+        self.version = Some(requirement);
+        self
     }
 
     /// Sends calls to the node at `addr`.
@@ -76,14 +89,30 @@ impl ServiceClient {
     }
 
     fn route(&self) -> Result<Route<'_>, String> {
-        match (self.target, self.node.local_service(&self.service)) {
+        let local = self.node.local_service(&self.service).filter(|def| {
+            self.version
+                .as_ref()
+                .is_none_or(|v| v.matches(def.version()))
+        });
+        match (self.target, local) {
             (Some(addr), Some(def)) if addr == self.node.local_addr() => Ok(Route::Local(def)),
             (Some(addr), _) => Ok(Route::Remote(addr)),
             (None, Some(def)) => Ok(Route::Local(def)),
-            (None, None) => Err(format!(
-                "service {:?} is not hosted here and no address was given (use .at(addr))",
-                self.service
-            )),
+            (None, None) => match self.node.registry() {
+                Some(registry) => Ok(Route::Discover(registry)),
+                None => Err(format!(
+                    "service {:?} is not hosted here, no address was given (use .at(addr)), \
+                     and this node has no store to discover it through",
+                    self.service
+                )),
+            },
+        }
+    }
+
+    fn no_instance<E>(&self) -> CallError<E> {
+        CallError::NoInstance {
+            service: self.service.to_string(),
+            version: self.version.as_ref().map(ToString::to_string),
         }
     }
 
@@ -102,6 +131,13 @@ impl ServiceClient {
                     .call_remote(addr, method, self.encoding, deadline, |out| {
                         codec::encode_into(self.encoding, &request, out)
                     })
+                    .await?;
+                decode_reply(&body, &self.service, method, deadline)
+            }
+            Ok(Route::Discover(registry)) => {
+                let payload = codec::encode(self.encoding, &request).map_err(bad_request)?;
+                let body = self
+                    .call_discovered(&registry, method, self.encoding, deadline, &payload)
                     .await?;
                 decode_reply(&body, &self.service, method, deadline)
             }
@@ -141,10 +177,98 @@ impl ServiceClient {
                     .await?;
                 decode_reply(&body, &self.service, method, deadline)
             }
+            Ok(Route::Discover(registry)) => {
+                let body = self
+                    .call_discovered(&registry, method, Encoding::Json, deadline, &payload)
+                    .await?;
+                decode_reply(&body, &self.service, method, deadline)
+            }
             Err(reason) => Err(CallError::Unreachable {
                 target: self.service.to_string(),
                 reason,
             }),
+        }
+    }
+
+    /// A call by name: picks an instance from the registry view and, when an attempt fails in
+    /// a way that allows it, retries on another instance, within the deadline and the node's
+    /// retry budget. Any call is retried when it certainly did not run (the instance could not
+    /// be reached, or refused it as unavailable); a call that may have run is retried only if
+    /// its method is idempotent. An instance that fails at the connection level is ejected at
+    /// once; calls waiting on an instance that leaves the registry give up on it.
+    async fn call_discovered<E>(
+        &self,
+        registry: &Registry,
+        method: &str,
+        encoding: Encoding,
+        deadline: Duration,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, CallError<E>> {
+        let balancer = &self.node.inner().balancer;
+        balancer.budget().deposit();
+        let until = Instant::now() + deadline;
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut retries = 0;
+        loop {
+            let snapshot = registry.snapshot();
+            let all = snapshot.instances(&self.service);
+            let candidates: Vec<&Instance> = all
+                .iter()
+                .filter(|i| self.version.as_ref().is_none_or(|v| v.matches(&i.version)))
+                .collect();
+            let Some(instance) = balancer.choose(&candidates, &tried) else {
+                return Err(self.no_instance());
+            };
+            let (addr, idempotent) = (instance.addr, instance.is_idempotent(method));
+            let remaining = until.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(CallError::DeadlineExceeded(deadline));
+            }
+            let stats = balancer.stats(addr);
+            // A call that has to dial first says nothing about the instance's latency.
+            let warm = self.node.inner().peers.is_connected(addr);
+            let call = stats.start();
+            let attempt = self.call_remote(addr, method, encoding, remaining, |out| {
+                out.extend_from_slice(payload);
+                Ok(())
+            });
+            let outcome = tokio::select! {
+                outcome = attempt => outcome,
+                () = stats.gone().cancelled() => Err(CallError::ConnectionLost {
+                    target: addr.to_string(),
+                    reason: "the instance left the registry".to_owned(),
+                }),
+            };
+            let retry = match &outcome {
+                Ok(body) => {
+                    if warm {
+                        call.answered();
+                    }
+                    // Refused before running (draining, or at its limit): safe anywhere.
+                    matches!(wire::parse_response(body), Ok((Status::Unavailable, _, _)))
+                }
+                Err(CallError::Unreachable { .. }) => {
+                    self.node.eject(addr);
+                    true
+                }
+                Err(CallError::ConnectionLost { .. }) => {
+                    if !stats.gone().is_cancelled() {
+                        self.node.eject(addr);
+                    }
+                    idempotent
+                }
+                Err(_) => false,
+            };
+            drop(call);
+            if !retry || !balancer.budget().withdraw(Instant::now()) {
+                return outcome;
+            }
+            retries += 1;
+            tracing::debug!(service = %self.service, method, %addr, retries, "retrying on another instance");
+            tried.push(addr);
+            let pause =
+                balance::backoff(retries).min(until.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
         }
     }
 

@@ -53,6 +53,14 @@ pub enum CallError<E = ServiceError> {
         /// The detail.
         message: String,
     },
+    /// No registered instance of the service (at the asked-for version) is known to this node.
+    #[error("no instance of {service}{} is available", version.as_ref().map(|v| format!(" {v}")).unwrap_or_default())]
+    NoInstance {
+        /// The service asked for.
+        service: String,
+        /// The version requirement, if the caller gave one.
+        version: Option<String>,
+    },
     /// The node is shutting down or at its concurrency limit; the call did not run and may be
     /// retried elsewhere.
     #[error("service unavailable: {0}")]
@@ -105,6 +113,9 @@ impl<E> CallError<E> {
             CallError::NotFound { service, method } => CallError::NotFound { service, method },
             CallError::Rejected { reason, message } => CallError::Rejected { reason, message },
             CallError::Unavailable(m) => CallError::Unavailable(m),
+            CallError::NoInstance { service, version } => {
+                CallError::NoInstance { service, version }
+            }
             CallError::Internal(m) => CallError::Internal(m),
             CallError::Protocol(m) => CallError::Protocol(m),
         }

@@ -43,12 +43,14 @@
 //! - [`wire`] and [`codec`] are the frame format and payload encodings (`docs/protocol.md`).
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
+mod balance;
 mod client;
 pub mod codec;
 mod config;
 mod error;
 mod node;
 mod peer;
+pub mod registry;
 mod server;
 mod service;
 pub mod store;
@@ -61,6 +63,7 @@ pub use codec::Encoding;
 pub use config::RpcConfig;
 pub use error::{CallError, NodeError, RejectReason};
 pub use node::{Node, NodeBuilder};
+pub use registry::{Instance, Registry};
 pub use service::{
     Context, IntoService, ServiceDef, ServiceDefBuilder, ServiceDefError, ServiceError, Wire,
 };

@@ -3,19 +3,21 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::balance::{self, Balancer, Locality};
 use crate::client::ServiceClient;
 use crate::config::RpcConfig;
 use crate::error::NodeError;
 use crate::peer::Peers;
+use crate::registry::{self, Instance, Registration, RegistrationConfig, Registry};
 use crate::server::{self, InFlight, ServerState};
 use crate::service::{IntoService, ServiceDef, ServiceDefError};
-use crate::store::{self, Store, StoreCell, StoreConfig};
+use crate::store::{self, ClientShared, Store, StoreCell, StoreConfig};
 use crate::tls::Credentials;
 use crate::transport::{self, Bind};
 
@@ -33,6 +35,9 @@ pub struct NodeBuilder {
     services: Vec<Result<ServiceDef, ServiceDefError>>,
     config: RpcConfig,
     store: Option<StoreConfig>,
+    host: Option<String>,
+    region: String,
+    registration: RegistrationConfig,
 }
 
 impl NodeBuilder {
@@ -84,9 +89,29 @@ impl NodeBuilder {
         self
     }
 
-    /// Makes this node a member of the replicated config store (see [`Node::store`]): it
-    /// bootstraps a new cluster or joins one through seeds, as `config` says. [`Self::start`]
-    /// returns once the member follows a leader.
+    /// The host this node runs on, for locality (callers prefer instances on their own host).
+    /// Default: the machine's host name.
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// The region this node runs in, for locality (callers prefer their own region after their
+    /// own host). Default `"unknown"`.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = region.into();
+        self
+    }
+
+    /// How this node registers its services in the store (lease TTL, shutdown grace).
+    pub fn registration(mut self, config: RegistrationConfig) -> Self {
+        self.registration = config;
+        self
+    }
+
+    /// Connects this node to the replicated config store (see [`Node::store`]): as a member that
+    /// bootstraps a new cluster or joins one through seeds, or as a client of the members, as
+    /// `config` says. For a member, [`Self::start`] returns once it follows a leader.
     pub fn store(mut self, config: StoreConfig) -> Self {
         self.store = Some(config);
         self
@@ -96,6 +121,11 @@ impl NodeBuilder {
     /// runtime.
     pub async fn start(self) -> Result<Node, NodeError> {
         self.config.validate()?;
+        if self.registration.ttl < Duration::from_millis(300) {
+            return Err(NodeError::Config(
+                "the registration lease TTL must be at least 300 ms".into(),
+            ));
+        }
         let credentials = match self.credentials {
             Some(CredentialSource::Given(c)) => c,
             Some(CredentialSource::Development(dir)) => Credentials::development(dir, &self.name)?,
@@ -103,9 +133,16 @@ impl NodeBuilder {
         };
         let store_cell = StoreCell::default();
         let mut defs = self.services;
-        if let Some(config) = &self.store {
+        let mut store_client = None;
+        let mut member = None;
+        if let Some(config) = self.store {
             config.validate()?;
-            defs.extend(store::services(&store_cell)?.into_iter().map(Ok));
+            if config.is_client() {
+                store_client = Some(ClientShared::new(config));
+            } else {
+                defs.extend(store::services(&store_cell)?.into_iter().map(Ok));
+                member = Some(config);
+            }
         }
         let mut services = HashMap::new();
         for def in defs {
@@ -131,6 +168,10 @@ impl NodeBuilder {
         });
         tokio::spawn(server::accept_loop(endpoint.clone(), server.clone()));
         tracing::info!(name = %self.name, %addr, services = services.len(), "node started");
+        let locality = Locality {
+            host: self.host.unwrap_or_else(host_name),
+            region: self.region,
+        };
         let node = Node {
             inner: Arc::new(NodeInner {
                 name: self.name,
@@ -141,16 +182,44 @@ impl NodeBuilder {
                 server,
                 config: self.config,
                 store: store_cell,
+                store_client,
+                balancer: Balancer::new(locality.clone()),
+                locality,
+                started_at_ms: unix_ms(),
+                registry: OnceLock::new(),
+                registration_config: self.registration,
+                registration: OnceLock::new(),
+                background: CancellationToken::new(),
             }),
         };
-        if let Some(config) = self.store
+        if let Some(config) = member
             && let Err(e) = store::start(&node, config, &node.inner.store).await
         {
             node.shutdown().await;
             return Err(e.into());
         }
+        if let Err(e) = node.start_registry().await {
+            node.shutdown().await;
+            return Err(e.into());
+        }
         Ok(node)
     }
+}
+
+/// The machine's host name, or `"unknown"`.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A running member of the cluster: hosts services and calls others over QUIC with mutual
@@ -182,6 +251,18 @@ pub(crate) struct NodeInner {
     pub(crate) peers: Peers,
     pub(crate) config: RpcConfig,
     store: StoreCell,
+    /// Set when the node is a client of the store rather than a member.
+    store_client: Option<Arc<ClientShared>>,
+    pub(crate) balancer: Balancer,
+    locality: Locality,
+    started_at_ms: u64,
+    /// Set once the node has a store: the live view of every instance.
+    registry: OnceLock<Registry>,
+    registration_config: RegistrationConfig,
+    /// Set once this node's services are registered.
+    registration: OnceLock<Arc<Registration>>,
+    /// Ends the node's background tasks (registry view, probes) at shutdown.
+    background: CancellationToken,
 }
 
 /// A node that does not keep it running: held by parts of the node itself (the store's Raft
@@ -215,6 +296,9 @@ impl Node {
             services: Vec::new(),
             config: RpcConfig::default(),
             store: None,
+            host: None,
+            region: "unknown".to_owned(),
+            registration: RegistrationConfig::default(),
         }
     }
 
@@ -248,7 +332,13 @@ impl Node {
         self.inner
             .store
             .get()
-            .map(|shared| Store::new(shared.clone(), self.clone()))
+            .map(|shared| Store::member(shared.clone(), self.clone()))
+            .or_else(|| {
+                self.inner
+                    .store_client
+                    .as_ref()
+                    .map(|client| Store::client(client.clone(), self.clone()))
+            })
     }
 
     pub(crate) fn downgrade(&self) -> WeakNode {
@@ -259,10 +349,112 @@ impl Node {
         &self.inner
     }
 
-    /// Stops gracefully: stops the config store member first (if any), then refuses new
-    /// connections and calls (callers see `Unavailable` and may go elsewhere), waits up to
-    /// [`RpcConfig::drain_timeout`] for accepted calls to finish, delivers their replies, then
-    /// closes every connection. Idempotent.
+    /// This node's live view of the service registry; `None` without a store.
+    pub fn registry(&self) -> Option<Registry> {
+        self.inner.registry.get().cloned()
+    }
+
+    /// Marks this node's instance of `service` as taking new traffic or not (it keeps running
+    /// and answers calls already routed to it). Returns whether this node hosts `service`.
+    pub async fn set_registered(&self, service: &str, registered: bool) -> Result<bool, NodeError> {
+        match self.inner.registration.get() {
+            Some(registration) => Ok(registration.set_registered(service, registered).await?),
+            None => Ok(false),
+        }
+    }
+
+    /// With a store: starts the registry view, forgets callers' stats of instances that leave,
+    /// and registers the application services this node hosts.
+    async fn start_registry(&self) -> Result<(), crate::store::StoreError> {
+        let Some(store) = self.store() else {
+            return Ok(());
+        };
+        let inner = &self.inner;
+        let view = registry::start_view(store.clone(), inner.background.clone());
+        let _ = inner.registry.set(view.clone());
+        let weak = self.downgrade();
+        let mut snapshots = view.subscribe();
+        let stop = inner.background.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = snapshots.changed() => if changed.is_err() { return },
+                    () = stop.cancelled() => return,
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                let Some(node) = weak.upgrade() else { return };
+                let live: std::collections::HashSet<SocketAddr> =
+                    snapshot.all().map(|i| i.addr).collect();
+                node.inner.balancer.retain(|addr| live.contains(&addr));
+            }
+        });
+        let records: Vec<Instance> = inner
+            .services
+            .values()
+            .filter(|def| !def.name().starts_with("skynet."))
+            .map(|def| self.instance_record(def))
+            .collect();
+        if records.is_empty() {
+            return Ok(());
+        }
+        let registration =
+            Registration::start(store, inner.registration_config.clone(), records).await?;
+        let _ = inner.registration.set(registration);
+        Ok(())
+    }
+
+    fn instance_record(&self, def: &ServiceDef) -> Instance {
+        let inner = &self.inner;
+        let mut methods: Vec<String> = def.methods().map(str::to_owned).collect();
+        methods.sort();
+        let idempotent = methods
+            .iter()
+            .filter(|m| def.is_idempotent(m) == Some(true))
+            .cloned()
+            .collect();
+        Instance {
+            service: def.name().to_owned(),
+            version: def.version().clone(),
+            node: inner.name.clone(),
+            addr: inner.addr,
+            host: inner.locality.host.clone(),
+            region: inner.locality.region.clone(),
+            started_at_ms: inner.started_at_ms,
+            registered: true,
+            methods,
+            idempotent,
+        }
+    }
+
+    /// Takes `addr` out of this node's rotation after a connection-level failure, and probes it
+    /// in the background until it answers again or leaves the registry.
+    pub(crate) fn eject(&self, addr: SocketAddr) {
+        let weak = self.downgrade();
+        self.inner.peers.forget_addr(addr);
+        self.inner.balancer.eject(addr, move |stats| async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                tokio::time::sleep(pause).await;
+                let Some(node) = weak.upgrade() else { return };
+                if stats.gone().is_cancelled() || node.inner.background.is_cancelled() {
+                    balance::stop_probing(&stats);
+                    return;
+                }
+                if node.inner.peers.get(addr).await.is_ok() {
+                    tracing::info!(%addr, "ejected instance answers again");
+                    balance::readmit(&stats);
+                    return;
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        });
+    }
+
+    /// Stops gracefully: marks this node's instances unregistered (callers stop choosing
+    /// them) and waits the registration grace, refuses new connections and calls (callers see
+    /// `Unavailable` and go elsewhere), waits up to [`RpcConfig::drain_timeout`] for accepted
+    /// calls to finish and delivers their replies, revokes the registration lease, stops the
+    /// config store member (if any), then closes every connection. Idempotent.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         if inner
@@ -273,7 +465,14 @@ impl Node {
         {
             return;
         }
-        store::shutdown(&inner.store).await;
+        let registration = inner.registration.get();
+        if let Some(registration) = registration {
+            if let Err(e) = registration.unregister_all().await {
+                tracing::warn!(error = %e, "could not mark instances unregistered");
+            }
+            tokio::time::sleep(inner.registration_config.grace).await;
+        }
+        store::stop_polls(&inner.store);
         let Some(endpoint) = inner
             .endpoint
             .lock()
@@ -291,6 +490,13 @@ impl Node {
         if left > 0 {
             tracing::warn!(left, "drain timeout passed with calls still running");
         }
+        if let Some(registration) = registration
+            && let Err(e) = registration.deregister().await
+        {
+            tracing::warn!(error = %e, "could not revoke the registration lease");
+        }
+        inner.background.cancel();
+        store::shutdown(&inner.store).await;
         inner.server.closing.cancel();
         inner.server.writers.close();
         let _ = tokio::time::timeout(Duration::from_secs(3), inner.server.writers.wait()).await;

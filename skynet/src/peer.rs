@@ -81,6 +81,11 @@ impl Peers {
         live.get(&addr).filter(|c| c.is_alive()).cloned()
     }
 
+    /// Whether a live connection to `addr` exists (a call would not have to dial).
+    pub(crate) fn is_connected(&self, addr: SocketAddr) -> bool {
+        self.cached(addr).is_some()
+    }
+
     /// The live connection to `addr`, dialing it if needed.
     pub(crate) async fn get(&self, addr: SocketAddr) -> Result<Arc<PeerConn>, PeerError> {
         if let Some(conn) = self.cached(addr) {
@@ -103,6 +108,20 @@ impl Peers {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(addr, conn.clone());
         Ok(conn)
+    }
+
+    /// Closes and forgets the connection to `addr`, if any: the next call redials. Used when
+    /// the peer seems dead, since a silently dead peer's connection looks alive until the idle
+    /// timeout.
+    pub(crate) fn forget_addr(&self, addr: SocketAddr) {
+        let conn = self
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&addr);
+        if let Some(conn) = conn {
+            conn.conn.close(0u32.into(), b"peer ejected");
+        }
     }
 
     /// Forgets a connection that failed, so the next call redials.

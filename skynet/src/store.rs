@@ -15,7 +15,7 @@
 //! openraft types never appear here; the key-value types ([`KeyValue`], [`Event`], [`Txn`], ...)
 //! are skynet-raft's plain serde types.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,7 @@ pub(crate) const RAFT_SERVICE: &str = "skynet.raft";
 /// Name of the internal service running leader-only requests.
 pub(crate) const STORE_SERVICE: &str = "skynet.store";
 const EXECUTE: &str = "execute";
+const WATCH: &str = "watch";
 const NODE_ID_FILE: &str = "node-id";
 const RAFT_FILE: &str = "raft.redb";
 
@@ -51,18 +52,33 @@ const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(60);
 const LEADER_POLL: Duration = Duration::from_millis(250);
 /// Most redirects followed by one attempt before asking for a leader again.
 const MAX_HOPS: usize = 4;
+/// Longest a member holds a watch poll open when nothing changes.
+const MAX_WATCH_WAIT: Duration = Duration::from_secs(30);
+/// How long a client's watch poll waits before asking again (below `MAX_WATCH_WAIT`). It
+/// also bounds how long a watch sits on a member that died silently, unless the client's other
+/// requests notice first.
+const WATCH_WAIT: Duration = Duration::from_secs(3);
+/// A watch reply stops adding events past this many bytes (at a revision boundary), far below
+/// the frame limit: a watcher that is far behind catches up in several replies.
+const MAX_WATCH_BATCH_BYTES: usize = 1 << 20;
 
 /// How a node takes part in the config store. Validated when the node starts.
+///
+/// A node is either a **member** (it keeps a replica on disk and takes part in Raft, as a voter
+/// or a learner) or a **client** (it keeps nothing and reaches the store through the members).
 ///
 /// ```
 /// let first = skynet::StoreConfig::bootstrap("/var/lib/skynet/a");
 /// let seed: std::net::SocketAddr = "10.0.0.1:7000".parse().expect("an address");
 /// let other = skynet::StoreConfig::join("/var/lib/skynet/b", vec![seed]).voters(5);
-/// assert!(first.validate().is_ok() && other.validate().is_ok());
+/// let app = skynet::StoreConfig::client(vec![seed]);
+/// assert!(first.validate().is_ok() && other.validate().is_ok() && app.validate().is_ok());
+/// assert!(skynet::StoreConfig::client(Vec::new()).validate().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
-    data_dir: PathBuf,
+    /// `None` for a client.
+    data_dir: Option<PathBuf>,
     bootstrap: bool,
     seeds: Vec<SocketAddr>,
     voters: usize,
@@ -74,15 +90,22 @@ impl StoreConfig {
     /// The first member of a new cluster: it initializes the cluster with itself as the only
     /// voter. Harmless on restart (an initialized member is left as it is).
     pub fn bootstrap(data_dir: impl Into<PathBuf>) -> Self {
-        Self::new(data_dir.into(), true, Vec::new())
+        Self::new(Some(data_dir.into()), true, Vec::new())
     }
 
     /// A member that joins through any of `seeds` (addresses of existing members).
     pub fn join(data_dir: impl Into<PathBuf>, seeds: Vec<SocketAddr>) -> Self {
-        Self::new(data_dir.into(), false, seeds)
+        Self::new(Some(data_dir.into()), false, seeds)
     }
 
-    fn new(data_dir: PathBuf, bootstrap: bool, seeds: Vec<SocketAddr>) -> Self {
+    /// A client: the node keeps no replica and sends every request to the members at `seeds`
+    /// (and to the leaders they name). Watches long-poll a member. This is how most processes
+    /// of a large cluster use the store.
+    pub fn client(seeds: Vec<SocketAddr>) -> Self {
+        Self::new(None, false, seeds)
+    }
+
+    fn new(data_dir: Option<PathBuf>, bootstrap: bool, seeds: Vec<SocketAddr>) -> Self {
         Self {
             data_dir,
             bootstrap,
@@ -112,22 +135,31 @@ impl StoreConfig {
         self
     }
 
-    /// The directory holding this member's id and Raft data.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
+    /// The directory holding this member's id and Raft data; `None` for a client.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.data_dir.as_deref()
+    }
+
+    /// Whether this is a client (no replica) rather than a member.
+    pub fn is_client(&self) -> bool {
+        self.data_dir.is_none()
     }
 
     /// Checks the settings.
     pub fn validate(&self) -> Result<(), StoreError> {
         let fail = |m: &str| Err(StoreError::Config(m.to_owned()));
-        if self.data_dir.as_os_str().is_empty() {
+        if self
+            .data_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
             return fail("the data directory is empty");
         }
         if self.bootstrap && !self.seeds.is_empty() {
             return fail("a bootstrapping member takes no seeds");
         }
         if !self.bootstrap && self.seeds.is_empty() {
-            return fail("a joining member needs at least one seed");
+            return fail("a joining member or a client needs at least one seed");
         }
         if ![1, 3, 5].contains(&self.voters) {
             return fail("voters must be 1, 3 or 5");
@@ -177,6 +209,10 @@ pub enum StoreError {
     /// Another failure of a call between members.
     #[error("store call failed: {0}")]
     Remote(String),
+    /// The operation needs a replica, and this node is a client of the store
+    /// ([`StoreConfig::client`]).
+    #[error("this node is a store client, not a member: {0}")]
+    NotMember(String),
 }
 
 impl StoreError {
@@ -203,7 +239,12 @@ enum Request {
     Get(String),
     Range(String),
     KeepAlive(LeaseId),
-    Join { id: u64, addr: String },
+    Join {
+        id: u64,
+        addr: String,
+    },
+    /// Whom this member follows; answered by any member, leader or not.
+    Leader,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,6 +254,7 @@ enum Reply {
     Range(Vec<KeyValue>, Revision),
     Ttl(Duration),
     Joined,
+    Leader(Option<String>),
 }
 
 /// Why the member asked could not serve a request.
@@ -244,18 +286,77 @@ impl Refusal {
     }
 }
 
+/// A long poll for changes under a prefix after a revision, served by any member from its own
+/// applied history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WatchPoll {
+    prefix: String,
+    after: Revision,
+    wait_ms: u64,
+}
+
+/// The answer to a [`WatchPoll`]: the changes found (oldest first, possibly none when the wait
+/// ran out) and the revision up to which the member looked, where the next poll may start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct WatchBatch {
+    events: Vec<Event>,
+    scanned: Revision,
+}
+
+/// Cuts `events` after about [`MAX_WATCH_BATCH_BYTES`], never inside one revision (a poll
+/// resumes strictly after the last revision it received).
+fn cap_batch(events: &mut Vec<Event>) {
+    let mut bytes = 0;
+    let mut keep = events.len();
+    for (i, e) in events.iter().enumerate() {
+        if bytes > MAX_WATCH_BATCH_BYTES && e.revision != events[i - 1].revision {
+            keep = i;
+            break;
+        }
+        bytes += e.key.len() + e.value.len() + e.prev.as_ref().map_or(0, |p| p.value.len()) + 64;
+    }
+    events.truncate(keep);
+}
+
 /// The member's state shared by the [`Store`] handles and the hosted services.
 pub(crate) struct StoreShared {
     raft: RaftNode,
     config: StoreConfig,
     /// Joins run one at a time on the leader: membership changes cannot overlap.
     join_lock: tokio::sync::Mutex<()>,
+    /// Cancelled when the member stops, so that long polls end at once rather than holding up
+    /// the node's drain.
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Filled right after the node starts; the hosted services refuse requests until then.
 pub(crate) type StoreCell = Arc<OnceLock<Arc<StoreShared>>>;
 
 impl StoreShared {
+    /// Answers a watch poll from this member's applied history.
+    async fn poll_watch(&self, poll: WatchPoll) -> Result<WatchBatch, Refusal> {
+        let wait = Duration::from_millis(poll.wait_ms).min(MAX_WATCH_WAIT);
+        let mut watcher = self.raft.watch(poll.prefix, poll.after);
+        let next = tokio::select! {
+            next = tokio::time::timeout(wait, watcher.next()) => next,
+            () = self.stopping.cancelled() => {
+                return Err(Refusal::NotReady("the member is stopping".into()));
+            }
+        };
+        match next {
+            Ok(Ok(mut events)) => {
+                cap_batch(&mut events);
+                let scanned = events.last().map_or(watcher.revision(), |e| e.revision);
+                Ok(WatchBatch { events, scanned })
+            }
+            Ok(Err(e)) => Err(Refusal::from_raft(e)),
+            Err(_) => Ok(WatchBatch {
+                events: Vec::new(),
+                scanned: watcher.revision(),
+            }),
+        }
+    }
+
     /// Serves a request on this member, refusing it if this member is not the leader.
     async fn execute_local(&self, req: Request) -> Result<Reply, Refusal> {
         let raft = &self.raft;
@@ -277,6 +378,7 @@ impl StoreShared {
                 })
                 .await
                 .map_err(Refusal::from_raft),
+            Request::Leader => Ok(Reply::Leader(raft.leader_addr())),
             Request::KeepAlive(id) => raft
                 .keep_alive(id)
                 .map(Reply::Ttl)
@@ -322,21 +424,21 @@ pub(crate) fn services(cell: &StoreCell) -> Result<Vec<ServiceDef>, ServiceDefEr
             }
         });
     }
-    let cell = cell.clone();
-    let store = ServiceDef::builder(STORE_SERVICE, "0.1.0").method(
-        EXECUTE,
-        move |_: Context, req: Request| {
-            let shared = cell.get().cloned();
-            async move {
-                let Some(shared) = shared else {
-                    return Err(Refusal::NotReady(
-                        "the config store is not started yet".into(),
-                    ));
-                };
-                shared.execute_local(req).await
-            }
-        },
-    );
+    let started = |cell: &StoreCell| {
+        cell.get()
+            .cloned()
+            .ok_or_else(|| Refusal::NotReady("the config store is not started yet".into()))
+    };
+    let (execute_cell, watch_cell) = (cell.clone(), cell.clone());
+    let store = ServiceDef::builder(STORE_SERVICE, "0.1.0")
+        .method(EXECUTE, move |_: Context, req: Request| {
+            let shared = started(&execute_cell);
+            async move { shared?.execute_local(req).await }
+        })
+        .idempotent_method(WATCH, move |_: Context, poll: WatchPoll| {
+            let shared = started(&watch_cell);
+            async move { shared?.poll_watch(poll).await }
+        });
     Ok(vec![raft.build()?, store.build()?])
 }
 
@@ -432,13 +534,18 @@ pub(crate) async fn start(
             "a store member must bind a specific IP: peers dial the address it binds".into(),
         ));
     }
-    let id = node_id(&config.data_dir)?;
+    let Some(data_dir) = config.data_dir.clone() else {
+        return Err(StoreError::Config(
+            "a client has no Raft member to start".into(),
+        ));
+    };
+    let id = node_id(&data_dir)?;
     let transport = QuicTransport {
         node: node.downgrade(),
     };
     let raft = RaftNode::start(
         id,
-        config.data_dir.join(RAFT_FILE),
+        data_dir.join(RAFT_FILE),
         &RaftConfig::default(),
         transport,
     )
@@ -448,14 +555,12 @@ pub(crate) async fn start(
         raft,
         config,
         join_lock: tokio::sync::Mutex::new(()),
+        stopping: tokio_util::sync::CancellationToken::new(),
     });
     if cell.set(shared.clone()).is_err() {
         return Err(StoreError::Config("the store was started twice".into()));
     }
-    let store = Store {
-        shared: shared.clone(),
-        node: node.clone(),
-    };
+    let store = Store::member(shared.clone(), node.clone());
     let addr = node.local_addr().to_string();
     if shared.config.bootstrap {
         shared
@@ -477,11 +582,20 @@ pub(crate) async fn start(
     Ok(())
 }
 
+/// Ends this member's pending watch polls at once (their clients move to other members), so
+/// that they do not hold up the node's drain.
+pub(crate) fn stop_polls(cell: &StoreCell) {
+    if let Some(shared) = cell.get() {
+        shared.stopping.cancel();
+    }
+}
+
 /// Stops the Raft member, if this node has one.
 pub(crate) async fn shutdown(cell: &StoreCell) {
     let Some(shared) = cell.get() else {
         return;
     };
+    shared.stopping.cancel();
     match tokio::time::timeout(Duration::from_secs(5), shared.raft.shutdown()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "config store did not shut down cleanly"),
@@ -491,21 +605,130 @@ pub(crate) async fn shutdown(cell: &StoreCell) {
 
 // ===== The public handle =====
 
+/// A client node's way to the store: the seeds, and the member that answered last.
+pub(crate) struct ClientShared {
+    config: StoreConfig,
+    /// The member that answered the last request (the leader, for requests only it serves):
+    /// tried first. Cleared when it fails.
+    preferred: std::sync::Mutex<Option<SocketAddr>>,
+    /// Where this client starts in the seed list, so that clients spread over the members.
+    start: usize,
+    /// Members that stopped answering, and since when: skipped for [`SUSPECT_FOR`].
+    suspects: std::sync::Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl ClientShared {
+    pub(crate) fn new(config: StoreConfig) -> Arc<Self> {
+        let start = usize::try_from(random_u64() % config.seeds.len().max(1) as u64).unwrap_or(0);
+        Arc::new(Self {
+            config,
+            preferred: std::sync::Mutex::new(None),
+            start,
+            suspects: std::sync::Mutex::default(),
+        })
+    }
+
+    /// Marks `addr` as not answering: requests avoid it for a while, and a watch poll waiting
+    /// on it moves elsewhere.
+    fn suspect(&self, addr: SocketAddr) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(addr, Instant::now());
+        if self.preferred() == Some(addr) {
+            self.set_preferred(None);
+        }
+    }
+
+    fn is_suspect(&self, addr: SocketAddr) -> bool {
+        let mut suspects = self
+            .suspects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match suspects.get(&addr) {
+            Some(since) if since.elapsed() < SUSPECT_FOR => true,
+            Some(_) => {
+                suspects.remove(&addr);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Resolves once `addr` is suspected (by any request of this client).
+    async fn until_suspect(&self, addr: SocketAddr) {
+        while !self.is_suspect(addr) {
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    fn preferred(&self) -> Option<SocketAddr> {
+        *self
+            .preferred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn set_preferred(&self, addr: Option<SocketAddr>) {
+        *self
+            .preferred
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = addr;
+    }
+
+    /// Whether attempt `round` completed a pass over every seed.
+    fn asked_every_seed(&self, round: usize) -> bool {
+        (round + 1).is_multiple_of(self.config.seeds.len())
+    }
+
+    /// The member to try first in attempt `round`: the preferred one, then the seeds in turn,
+    /// skipping suspects unless every seed is one.
+    fn target(&self, round: usize) -> SocketAddr {
+        if round == 0
+            && let Some(addr) = self.preferred()
+        {
+            return addr;
+        }
+        let seeds = &self.config.seeds;
+        let nth = |i: usize| seeds[(self.start + round + i) % seeds.len()];
+        (0..seeds.len())
+            .map(nth)
+            .find(|addr| !self.is_suspect(*addr))
+            .unwrap_or_else(|| nth(0))
+    }
+}
+
+/// Where a [`Store`] sends its requests.
+#[derive(Clone)]
+enum Backend {
+    /// This node keeps a replica and takes part in Raft.
+    Member(Arc<StoreShared>),
+    /// This node keeps nothing and asks the members.
+    Client(Arc<ClientShared>),
+}
+
 /// This node's handle on the replicated config store, from [`Node::store`]. Cheap to clone.
 ///
-/// Any member serves every call: writes, linearizable reads and keep-alives are forwarded to
-/// the leader; [`Store::get_local`] and [`Store::watch`] read this member's applied state.
+/// Every node can hold one, member or client ([`StoreConfig::client`]), with the same API:
+/// writes, linearizable reads and keep-alives go to the leader (forwarded by whichever member is
+/// asked first); watches read a member's applied history (this node's own on a member; a
+/// long poll of a member on a client, resumed on another member if that one fails, without
+/// gaps). Only [`Store::id`], [`Store::status`], [`Store::wait_for`] and [`Store::get_local`]
+/// need a replica.
 #[derive(Clone)]
 pub struct Store {
-    shared: Arc<StoreShared>,
+    backend: Backend,
     node: Node,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("id", &self.shared.raft.id())
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("Store");
+        match &self.backend {
+            Backend::Member(shared) => d.field("member", &shared.raft.id()),
+            Backend::Client(client) => d.field("seeds", &client.config.seeds),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
@@ -534,74 +757,150 @@ impl StoreStatus {
     }
 }
 
+/// How long a forwarded request waits before the caller starts asking whether the member it
+/// waits on still leads. A member killed without a word leaves its QUIC connection open until
+/// the idle timeout, so silence alone says little; another member naming a different leader
+/// does.
+const PROBE_AFTER: Duration = Duration::from_millis(100);
+/// Between two such questions, and the deadline of each.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a client avoids a member that stopped answering.
+const SUSPECT_FOR: Duration = Duration::from_secs(2);
+/// A client's pause after every seed was tried without an answer.
+const CLIENT_RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 impl Store {
-    pub(crate) fn new(shared: Arc<StoreShared>, node: Node) -> Self {
-        Self { shared, node }
+    pub(crate) fn member(shared: Arc<StoreShared>, node: Node) -> Self {
+        Self {
+            backend: Backend::Member(shared),
+            node,
+        }
     }
 
-    /// Runs `req` on the leader: here if this member leads, otherwise forwarded. Retries while
-    /// there is no leader or it is unreachable, until the configured timeout.
+    pub(crate) fn client(client: Arc<ClientShared>, node: Node) -> Self {
+        Self {
+            backend: Backend::Client(client),
+            node,
+        }
+    }
+
+    fn config(&self) -> &StoreConfig {
+        match &self.backend {
+            Backend::Member(shared) => &shared.config,
+            Backend::Client(client) => &client.config,
+        }
+    }
+
+    fn replica(&self, what: &str) -> Result<&Arc<StoreShared>, StoreError> {
+        match &self.backend {
+            Backend::Member(shared) => Ok(shared),
+            Backend::Client(_) => Err(StoreError::NotMember(format!("{what} needs a replica"))),
+        }
+    }
+
+    /// Runs `req` on the leader, retrying while there is no leader or it is unreachable, until
+    /// `timeout`. A member tries itself first; a client tries the member that answered last,
+    /// then its seeds in turn.
     async fn execute(&self, req: Request, timeout: Duration) -> Result<Reply, StoreError> {
         let deadline = Instant::now() + timeout;
-        let own = self.node.local_addr();
-        let mut last = StoreError::Timeout("no leader".into());
+        let mut round = 0;
         loop {
-            let mut target: Option<SocketAddr> = None;
-            for _ in 0..MAX_HOPS {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                if remaining.is_zero() {
-                    return Err(last);
-                }
-                let result = match target {
-                    None => tokio::time::timeout(remaining, self.shared.execute_local(req.clone()))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(Refusal::Failed(StoreError::Timeout(format!(
-                                "no answer within {timeout:?}"
-                            ))))
-                        }),
-                    Some(addr) => self.remote(addr, req.clone(), remaining).await,
-                };
-                match result {
-                    Ok(reply) => return Ok(reply),
-                    Err(Refusal::Failed(e)) => return Err(e),
-                    Err(Refusal::NotLeader {
-                        leader_addr: Some(addr),
-                    }) => match addr.parse::<SocketAddr>() {
-                        Ok(addr) => target = (addr != own).then_some(addr),
-                        Err(e) => return Err(StoreError::Remote(format!("leader address: {e}"))),
-                    },
-                    Err(Refusal::NotLeader { leader_addr: None }) => {
-                        last = StoreError::Timeout("no leader elected".into());
-                        break;
-                    }
-                    Err(Refusal::NotReady(reason)) => {
-                        last = StoreError::Timeout(reason);
-                        break;
-                    }
-                    Err(Refusal::Unreachable(reason)) => {
-                        last = StoreError::Unreachable(reason);
-                        break;
-                    }
-                }
-            }
-            // No usable leader right now: wait (bounded) for this member to learn of one.
+            let first = match &self.backend {
+                Backend::Member(_) => None,
+                Backend::Client(client) => Some(client.target(round)),
+            };
+            let last = match self.follow(first, &req, deadline).await {
+                Ok(reply) => return Ok(reply),
+                Err(Refusal::Failed(e)) => return Err(e),
+                Err(Refusal::NotLeader { .. }) => StoreError::Timeout("no leader elected".into()),
+                Err(Refusal::NotReady(reason)) => StoreError::Timeout(reason),
+                Err(Refusal::Unreachable(reason)) => StoreError::Unreachable(reason),
+            };
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(last);
             }
-            let wait = remaining.min(LEADER_POLL);
-            if self
-                .shared
-                .raft
-                .wait_for_leader(wait, |_| true)
-                .await
-                .is_ok()
-            {
-                // A leader is known but may not have answered yet; do not spin.
-                tokio::time::sleep(wait.min(Duration::from_millis(50))).await;
+            self.pause(round, remaining.min(LEADER_POLL)).await;
+            round += 1;
+        }
+    }
+
+    /// Waits before the next attempt: a member until it knows of a leader, a client briefly
+    /// once it has asked every seed.
+    async fn pause(&self, round: usize, wait: Duration) {
+        match &self.backend {
+            Backend::Member(shared) => {
+                if shared.raft.wait_for_leader(wait, |_| true).await.is_ok() {
+                    // A leader is known but may not have answered yet; do not spin.
+                    tokio::time::sleep(wait.min(CLIENT_RETRY_PAUSE)).await;
+                }
+            }
+            Backend::Client(client) => {
+                if client.asked_every_seed(round) {
+                    tokio::time::sleep(wait.min(CLIENT_RETRY_PAUSE)).await;
+                }
             }
         }
+    }
+
+    /// One attempt: asks `first` (`None`: this node's own member) and follows its redirects.
+    async fn follow(
+        &self,
+        first: Option<SocketAddr>,
+        req: &Request,
+        deadline: Instant,
+    ) -> Result<Reply, Refusal> {
+        let own = self.node.local_addr();
+        let is_member = matches!(self.backend, Backend::Member(_));
+        let mut target = first;
+        for _ in 0..MAX_HOPS {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Refusal::NotReady("the request timed out".into()));
+            }
+            let result = match (target, &self.backend) {
+                (None, Backend::Member(shared)) => {
+                    tokio::time::timeout(remaining, shared.execute_local(req.clone()))
+                        .await
+                        .unwrap_or_else(|_| Err(Refusal::NotReady("no answer in time".into())))
+                }
+                (Some(addr), _) => self.remote(addr, req.clone(), remaining).await,
+                (None, Backend::Client(_)) => {
+                    return Err(Refusal::Unreachable("no member to ask".into()));
+                }
+            };
+            match result {
+                Ok(reply) => {
+                    if let Backend::Client(client) = &self.backend {
+                        client.set_preferred(target);
+                    }
+                    return Ok(reply);
+                }
+                Err(Refusal::NotLeader {
+                    leader_addr: Some(addr),
+                }) => match addr.parse::<SocketAddr>() {
+                    Ok(addr) if self.is_suspect(addr) => {
+                        // Named by a member that has not noticed yet that it is gone.
+                        return Err(Refusal::NotLeader { leader_addr: None });
+                    }
+                    Ok(addr) => target = Some(addr).filter(|a| !(is_member && *a == own)),
+                    Err(e) => {
+                        return Err(Refusal::Failed(StoreError::Remote(format!(
+                            "leader address {addr:?}: {e}"
+                        ))));
+                    }
+                },
+                Err(e) => {
+                    if let Backend::Client(client) = &self.backend
+                        && client.preferred() == target
+                    {
+                        client.set_preferred(None);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Err(Refusal::NotReady("too many redirects".into()))
     }
 
     async fn remote(
@@ -613,47 +912,106 @@ impl Store {
         // A write that reached a member which then stopped may or may not have been proposed;
         // anything else is safe to send again to the next leader.
         let is_write = matches!(req, Request::Write(_));
-        self.node
+        // A join legitimately waits for the whole catch-up of the new member.
+        let watch_leader = !matches!(req, Request::Join { .. } | Request::Leader);
+        let lost = |reason: String| {
+            if is_write {
+                Refusal::Failed(StoreError::Indeterminate(reason))
+            } else {
+                Refusal::Unreachable(reason)
+            }
+        };
+        let client = self
+            .node
             .client(STORE_SERVICE)
             .at(addr)
-            .with_deadline(remaining)
-            .call::<Request, Reply, Refusal>(EXECUTE, req)
-            .await
-            .map_err(|e| match e {
-                CallError::Service(Refusal::Failed(StoreError::Stopped(reason))) => {
-                    if is_write {
-                        Refusal::Failed(StoreError::Indeterminate(format!(
-                            "the leader stopped: {reason}"
-                        )))
-                    } else {
-                        Refusal::NotReady(reason)
-                    }
-                }
-                CallError::Service(refusal) => refusal,
-                e @ (CallError::Unreachable { .. } | CallError::Unavailable(_)) => {
-                    Refusal::Unreachable(e.to_string())
-                }
-                CallError::DeadlineExceeded(d) => {
-                    Refusal::Failed(StoreError::Timeout(format!("forwarded call took {d:?}")))
-                }
-                CallError::ConnectionLost { reason, .. } => {
-                    Refusal::Failed(StoreError::Indeterminate(reason))
-                }
-                e => Refusal::Failed(StoreError::Remote(e.to_string())),
-            })
+            .with_deadline(remaining);
+        let call = client.call::<Request, Reply, Refusal>(EXECUTE, req);
+        let outcome = tokio::select! {
+            outcome = call => outcome,
+            () = self.leader_moved(addr), if watch_leader => {
+                self.suspect(addr);
+                return Err(lost(format!("{addr} stopped answering; another member leads")));
+            }
+        };
+        outcome.map_err(|e| match e {
+            CallError::Service(Refusal::Failed(StoreError::Stopped(reason))) => {
+                lost(format!("the leader stopped: {reason}"))
+            }
+            CallError::Service(refusal) => refusal,
+            e @ (CallError::Unreachable { .. } | CallError::Unavailable(_)) => {
+                self.suspect(addr);
+                Refusal::Unreachable(e.to_string())
+            }
+            CallError::DeadlineExceeded(d) => {
+                Refusal::Failed(StoreError::Timeout(format!("forwarded call took {d:?}")))
+            }
+            CallError::ConnectionLost { reason, .. } => {
+                self.suspect(addr);
+                lost(reason)
+            }
+            e => Refusal::Failed(StoreError::Remote(e.to_string())),
+        })
+    }
+
+    fn suspect(&self, addr: SocketAddr) {
+        if let Backend::Client(client) = &self.backend {
+            client.suspect(addr);
+        }
+    }
+
+    fn is_suspect(&self, addr: SocketAddr) -> bool {
+        match &self.backend {
+            Backend::Client(client) => client.is_suspect(addr),
+            Backend::Member(_) => false,
+        }
+    }
+
+    /// Resolves once a member other than `addr` is known to lead: `addr`, which a request is
+    /// waiting on, no longer does (or is gone). A member reads its own Raft metrics; a client
+    /// asks its other seeds.
+    async fn leader_moved(&self, addr: SocketAddr) {
+        tokio::time::sleep(PROBE_AFTER).await;
+        let waited_on = addr.to_string();
+        loop {
+            let named = match &self.backend {
+                Backend::Member(shared) => shared.raft.leader_addr(),
+                Backend::Client(client) => self.ask_for_leader(client, addr).await,
+            };
+            if named.is_some_and(|leader| leader != waited_on) {
+                return;
+            }
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    /// Asks the seeds other than `busy`, one after another, whom they follow.
+    async fn ask_for_leader(&self, client: &ClientShared, busy: SocketAddr) -> Option<String> {
+        for seed in client.config.seeds.iter().filter(|s| **s != busy) {
+            let reply = self
+                .node
+                .client(STORE_SERVICE)
+                .at(*seed)
+                .with_deadline(PROBE_INTERVAL)
+                .call::<Request, Reply, Refusal>(EXECUTE, Request::Leader)
+                .await;
+            if let Ok(Reply::Leader(Some(leader))) = reply {
+                return Some(leader);
+            }
+        }
+        None
     }
 
     /// Asks each seed in turn to admit this member, until one does or the join timeout passes.
     async fn join(&self, id: u64, addr: String) -> Result<(), StoreError> {
-        let config = &self.shared.config;
+        let config = self.config();
         let deadline = Instant::now() + config.join_timeout;
         let req = Request::Join { id, addr };
         loop {
             let mut last = StoreError::Unreachable("no seed answered".into());
             for seed in &config.seeds {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                match self.join_via(*seed, req.clone(), remaining).await {
-                    Ok(()) => return Ok(()),
+                match self.follow(Some(*seed), &req, deadline).await {
+                    Ok(_) => return Ok(()),
                     Err(Refusal::Failed(e)) => return Err(e),
                     Err(Refusal::Unreachable(reason)) => last = StoreError::Unreachable(reason),
                     Err(Refusal::NotReady(reason)) => last = StoreError::Timeout(reason),
@@ -669,33 +1027,9 @@ impl Store {
         }
     }
 
-    /// One join attempt through `seed`, following its redirects to the leader.
-    async fn join_via(
-        &self,
-        seed: SocketAddr,
-        req: Request,
-        remaining: Duration,
-    ) -> Result<(), Refusal> {
-        let mut target = seed;
-        for _ in 0..MAX_HOPS {
-            match self.remote(target, req.clone(), remaining).await {
-                Ok(_) => return Ok(()),
-                Err(Refusal::NotLeader {
-                    leader_addr: Some(addr),
-                }) => {
-                    target = addr
-                        .parse()
-                        .map_err(|e| Refusal::NotReady(format!("leader address: {e}")))?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Refusal::NotReady("too many redirects".into()))
-    }
-
     async fn write(&self, cmd: Command) -> Result<Outcome, StoreError> {
         match self
-            .execute(Request::Write(cmd), self.shared.config.timeout)
+            .execute(Request::Write(cmd), self.config().timeout)
             .await?
         {
             Reply::Written(outcome) => Ok(outcome),
@@ -703,23 +1037,26 @@ impl Store {
         }
     }
 
-    /// This member's id (stable across restarts: kept in the data directory).
-    pub fn id(&self) -> u64 {
-        self.shared.raft.id()
+    /// This member's id (stable across restarts: kept in the data directory); `None` on a
+    /// client.
+    pub fn id(&self) -> Option<u64> {
+        self.replica("an id").ok().map(|shared| shared.raft.id())
     }
 
-    /// This member's current view of the cluster.
-    pub fn status(&self) -> StoreStatus {
-        StoreStatus::from_metrics(&self.shared.raft.metrics())
+    /// This member's current view of the cluster; `None` on a client.
+    pub fn status(&self) -> Option<StoreStatus> {
+        let shared = self.replica("a status").ok()?;
+        Some(StoreStatus::from_metrics(&shared.raft.metrics()))
     }
 
     /// Waits until this member's view of the cluster satisfies `accept`, and returns it.
+    /// Fails with [`StoreError::NotMember`] on a client.
     pub async fn wait_for(
         &self,
         timeout: Duration,
         accept: impl Fn(&StoreStatus) -> bool + Send + Sync,
     ) -> Result<StoreStatus, StoreError> {
-        self.shared
+        self.replica("waiting for a status")?
             .raft
             .wait_for(timeout, "an awaited store status", |m| {
                 accept(&StoreStatus::from_metrics(m))
@@ -818,7 +1155,7 @@ impl Store {
     /// Reads `key`, linearizably: sees every write acknowledged before the call.
     pub async fn get(&self, key: impl Into<String>) -> Result<Option<KeyValue>, StoreError> {
         match self
-            .execute(Request::Get(key.into()), self.shared.config.timeout)
+            .execute(Request::Get(key.into()), self.config().timeout)
             .await?
         {
             Reply::Value(kv) => Ok(kv),
@@ -826,9 +1163,13 @@ impl Store {
         }
     }
 
-    /// Reads `key` from this member's applied state without asking anyone: fast, possibly stale.
-    pub fn get_local(&self, key: &str) -> Option<KeyValue> {
-        self.shared.raft.local_read(|kv| kv.get(key).cloned())
+    /// Reads `key` from this member's applied state without asking anyone: fast, possibly
+    /// stale. Fails with [`StoreError::NotMember`] on a client, which has no state to read.
+    pub fn get_local(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        Ok(self
+            .replica("a local read")?
+            .raft
+            .local_read(|kv| kv.get(key).cloned()))
     }
 
     /// Reads every key starting with `prefix`, linearizably, in key order, with the revision the
@@ -838,7 +1179,7 @@ impl Store {
         prefix: impl Into<String>,
     ) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         match self
-            .execute(Request::Range(prefix.into()), self.shared.config.timeout)
+            .execute(Request::Range(prefix.into()), self.config().timeout)
             .await?
         {
             Reply::Range(kvs, revision) => Ok((kvs, revision)),
@@ -847,11 +1188,20 @@ impl Store {
     }
 
     /// Watches keys starting with `prefix` for changes after `after` (0: from the start of the
-    /// kept history). Reads this member's applied history, so it works on any member.
+    /// kept history). A member reads its own applied history; a client long-polls a member and
+    /// moves to another one if that fails, resuming after the last revision it received.
     pub fn watch(&self, prefix: impl Into<String>, after: Revision) -> StoreWatch {
-        StoreWatch {
-            inner: self.shared.raft.watch(prefix, after),
-        }
+        let inner = match &self.backend {
+            Backend::Member(shared) => WatchInner::Member(shared.raft.watch(prefix, after)),
+            Backend::Client(client) => WatchInner::Client(ClientWatch {
+                client: client.clone(),
+                node: self.node.clone(),
+                prefix: prefix.into(),
+                after,
+                round: 0,
+            }),
+        };
+        StoreWatch { inner }
     }
 
     /// Grants a new lease with time-to-live `ttl` and returns its id.
@@ -865,7 +1215,7 @@ impl Store {
     /// Keeps `lease` alive for another TTL (returned). Never writes to the Raft log.
     pub async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
         match self
-            .execute(Request::KeepAlive(lease), self.shared.config.timeout)
+            .execute(Request::KeepAlive(lease), self.config().timeout)
             .await?
         {
             Reply::Ttl(ttl) => Ok(ttl),
@@ -886,13 +1236,83 @@ fn unexpected(reply: &Reply) -> StoreError {
 
 /// A watch on a key prefix from [`Store::watch`]: every later change, in order, with no gap.
 pub struct StoreWatch {
-    inner: skynet_raft::Watcher,
+    inner: WatchInner,
+}
+
+enum WatchInner {
+    Member(skynet_raft::Watcher),
+    Client(ClientWatch),
+}
+
+/// A client's watch: long polls of one member at a time.
+struct ClientWatch {
+    client: Arc<ClientShared>,
+    node: Node,
+    prefix: String,
+    after: Revision,
+    /// Which seed to poll (advances when a member fails).
+    round: usize,
+}
+
+impl ClientWatch {
+    async fn next(&mut self) -> Result<Vec<Event>, StoreError> {
+        let give_up = self.client.config.timeout;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let target = self.client.target(self.round);
+            let poll = WatchPoll {
+                prefix: self.prefix.clone(),
+                after: self.after,
+                wait_ms: u64::try_from(WATCH_WAIT.as_millis()).unwrap_or(u64::MAX),
+            };
+            let client = self
+                .node
+                .client(STORE_SERVICE)
+                .at(target)
+                .with_deadline(WATCH_WAIT + WATCH_WAIT / 2);
+            let call = client.call::<WatchPoll, WatchBatch, Refusal>(WATCH, poll);
+            let reply = tokio::select! {
+                reply = call => reply,
+                () = self.client.until_suspect(target) => {
+                    Err(CallError::Unavailable(format!("{target} stopped answering")))
+                }
+            };
+            match reply {
+                Ok(batch) => {
+                    failing_since = None;
+                    // Members agree on the history, so any member's later revision is a safe
+                    // place to resume from.
+                    self.after = self.after.max(batch.scanned);
+                    if !batch.events.is_empty() {
+                        return Ok(batch.events);
+                    }
+                }
+                Err(CallError::Service(Refusal::Failed(e))) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(member = %target, error = %e, "watch poll failed; trying another member");
+                    if !matches!(e, CallError::Service(_)) {
+                        self.client.suspect(target);
+                    }
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= give_up {
+                        return Err(StoreError::Unreachable(format!(
+                            "no member answered a watch poll for {give_up:?}: {e}"
+                        )));
+                    }
+                    if self.client.asked_every_seed(self.round) {
+                        tokio::time::sleep(CLIENT_RETRY_PAUSE).await;
+                    }
+                    self.round += 1;
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for StoreWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreWatch")
-            .field("revision", &self.inner.revision())
+            .field("revision", &self.revision())
             .finish_non_exhaustive()
     }
 }
@@ -900,12 +1320,20 @@ impl std::fmt::Debug for StoreWatch {
 impl StoreWatch {
     /// The last revision delivered (or started after).
     pub fn revision(&self) -> Revision {
-        self.inner.revision()
+        match &self.inner {
+            WatchInner::Member(w) => w.revision(),
+            WatchInner::Client(w) => w.after,
+        }
     }
 
     /// Waits for the next changes (at least one), oldest first. Fails with
-    /// [`StoreError::Compacted`] if the watch fell behind the kept history.
+    /// [`StoreError::Compacted`] if the watch fell behind the kept history, and on a client with
+    /// [`StoreError::Unreachable`] when no member answered for the store's timeout; either way
+    /// a new watch can resume from [`StoreWatch::revision`] (after a fresh read, if compacted).
     pub async fn next(&mut self) -> Result<Vec<Event>, StoreError> {
-        self.inner.next().await.map_err(StoreError::from_raft)
+        match &mut self.inner {
+            WatchInner::Member(w) => w.next().await.map_err(StoreError::from_raft),
+            WatchInner::Client(w) => w.next().await,
+        }
     }
 }

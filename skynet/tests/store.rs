@@ -70,6 +70,18 @@ impl Cluster {
     }
 }
 
+/// A node that keeps no replica and reaches the store through `seeds`.
+async fn client(cluster: &Cluster, name: &str, seeds: Vec<SocketAddr>) -> Node {
+    Node::builder()
+        .name(name)
+        .development_credentials(cluster.credentials.path())
+        .config(quick_config())
+        .store(StoreConfig::client(seeds))
+        .start()
+        .await
+        .expect("client node starts")
+}
+
 fn store(node: &Node) -> Store {
     node.store().expect("the node has a store")
 }
@@ -89,7 +101,7 @@ async fn members_join_forward_writes_watch_and_fail_over() -> TestResult {
     let stores: Vec<Store> = nodes.iter().map(store).collect();
 
     // Ids are distinct, and every member comes to see three voters.
-    let ids: std::collections::BTreeSet<u64> = stores.iter().map(Store::id).collect();
+    let ids: std::collections::BTreeSet<u64> = stores.iter().filter_map(Store::id).collect();
     assert_eq!(ids.len(), 3);
     for s in &stores {
         let status = s.wait_for(WAIT, |st| st.voters == ids).await?;
@@ -98,8 +110,8 @@ async fn members_join_forward_writes_watch_and_fail_over() -> TestResult {
 
     // A watch on one follower, before a write made through the other follower, which forwards
     // it to the leader.
-    let leader = stores[0].status().leader.expect("a leader");
-    let followers: Vec<&Store> = stores.iter().filter(|s| s.id() != leader).collect();
+    let leader = stores[0].status().and_then(|s| s.leader).expect("a leader");
+    let followers: Vec<&Store> = stores.iter().filter(|s| s.id() != Some(leader)).collect();
     let [writer, watcher] = followers[..] else {
         panic!("two followers expected, got {}", followers.len());
     };
@@ -129,7 +141,7 @@ async fn members_join_forward_writes_watch_and_fail_over() -> TestResult {
     let (gone, rest): (Vec<_>, Vec<_>) = nodes
         .iter()
         .zip(&stores)
-        .partition(|(_, s)| s.id() == leader);
+        .partition(|(_, s)| s.id() == Some(leader));
     let (gone_node, _) = gone[0];
     gone_node.shutdown().await;
     for (_, s) in &rest {
@@ -181,7 +193,7 @@ async fn a_member_restarts_from_its_data_dir_and_catches_up() -> TestResult {
         .await?;
     let sc = store(&c);
     assert_eq!(sc.id(), c_id);
-    assert_eq!(sc.status().voters.len(), 3);
+    assert_eq!(sc.status().expect("a member").voters.len(), 3);
     let mut watch = sc.watch("cfg/", 0);
     let events = tokio::time::timeout(WAIT, watch.next()).await??;
     assert_eq!(events[0].key, "cfg/while-away");
@@ -235,7 +247,7 @@ async fn a_node_from_another_ca_cannot_join() -> TestResult {
         other => panic!("the intruder must not join: {other:?}"),
     }
     // The cluster did not change.
-    assert_eq!(store(&a).status().voters.len(), 1);
+    assert_eq!(store(&a).status().expect("a member").voters.len(), 1);
     a.shutdown().await;
     Ok(())
 }
@@ -254,4 +266,90 @@ fn store_config_is_validated() {
             .validate()
             .is_err()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_node_uses_the_store_and_its_watch_survives_losing_a_member() -> TestResult {
+    let cluster = Cluster::new();
+    let a = cluster.bootstrap("a").await;
+    let b = cluster.join("b", vec![a.local_addr()]).await;
+    let c = cluster.join("c", vec![a.local_addr()]).await;
+    let members = [a.clone(), b.clone(), c.clone()];
+    store(&a).wait_for(WAIT, |st| st.voters.len() == 3).await?;
+
+    // Seeds in an order that starts with a follower: requests are redirected to the leader.
+    let app = client(
+        &cluster,
+        "app",
+        vec![b.local_addr(), c.local_addr(), a.local_addr()],
+    )
+    .await;
+    let s = store(&app);
+    assert_eq!(s.id(), None);
+    assert!(s.status().is_none());
+    assert!(matches!(
+        s.get_local("cfg/x"),
+        Err(StoreError::NotMember(_))
+    ));
+
+    let mut watch = s.watch("cfg/", 0);
+    let first = s.put("cfg/x", "1").await?;
+    assert_eq!(value(&s, "cfg/x").await?.as_deref(), Some(&b"1"[..]));
+    assert!(!s.compare_and_set("cfg/x", 0, "stale").await?);
+    assert!(s.compare_and_set("cfg/x", first, "2").await?);
+    let lease = s.lease_grant(Duration::from_secs(30)).await?;
+    s.put_with_lease("cfg/leased", "v", lease).await?;
+    assert!(s.lease_keep_alive(lease).await? > Duration::ZERO);
+    s.lease_revoke(lease).await?;
+    assert_eq!(value(&s, "cfg/leased").await?, None);
+
+    // The watch sees the first four changes, then waits in a poll of the member that answered
+    // the client last (the leader) while that member stops.
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let events = tokio::time::timeout(WAIT, watch.next()).await??;
+        seen.extend(events.into_iter().map(|e| (e.key, e.revision)));
+    }
+    let waiting = tokio::spawn(async move {
+        let mut more = Vec::new();
+        while more.last().map(|(k, _): &(String, u64)| k.as_str()) != Some("cfg/y") {
+            let events = tokio::time::timeout(WAIT, watch.next()).await??;
+            more.extend(events.into_iter().map(|e| (e.key, e.revision)));
+        }
+        Ok::<_, anyhow::Error>(more)
+    });
+
+    // Stop the leader: requests and the watch move on to the others.
+    let leader = store(&a)
+        .status()
+        .and_then(|st| st.leader)
+        .expect("a leader");
+    let gone = members
+        .iter()
+        .find(|m| store(m).id() == Some(leader))
+        .expect("the leader is a member");
+    gone.shutdown().await;
+    s.put("cfg/y", "after").await?;
+    let (kvs, _) = s.range("cfg/").await?;
+    let keys: Vec<&str> = kvs.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, ["cfg/x", "cfg/y"]);
+
+    // Every change, in order, once: put x, CAS x, put leased, delete leased (revoke), put y.
+    seen.extend(waiting.await??);
+    let keys: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["cfg/x", "cfg/x", "cfg/leased", "cfg/leased", "cfg/y"]
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].1 < w[1].1),
+        "revisions ascend: {seen:?}"
+    );
+    assert_eq!(seen[0].1, first);
+
+    app.shutdown().await;
+    for m in &members {
+        m.shutdown().await;
+    }
+    Ok(())
 }

@@ -1,0 +1,405 @@
+//! Choosing an instance for a call, and what a caller remembers about each instance.
+//!
+//! Choice is power-of-two-choices: among the candidates of the closest locality tier (same
+//! host, then same region, then anywhere), pick two at random and take the one with the lower
+//! load, where load is the latency EWMA times (in-flight calls + 1). An instance that fails at
+//! the connection level is ejected at once and skipped until a background probe reaches it
+//! again. Retries draw on a budget so that a failing cluster is not buried under them.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::Instance;
+
+/// Weight of a new latency sample in the EWMA, out of 8.
+const EWMA_NEW_EIGHTHS: u64 = 2;
+/// An instance's latency EWMA halves for every this long without a reply from it, so that one
+/// slow reply (a dial, a pause) does not keep it out of power-of-two choices for good.
+const EWMA_HALF_LIFE: Duration = Duration::from_millis(100);
+
+/// Nanoseconds since the first call to this function: a cheap clock for the stats.
+fn now_ns() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What the caller knows about one instance, shared by every call to it.
+#[derive(Debug, Default)]
+pub(crate) struct InstanceStats {
+    in_flight: AtomicU32,
+    /// Latency EWMA in nanoseconds; 0 until the first reply, so new instances get traffic soon.
+    ewma_ns: AtomicU64,
+    /// When the EWMA last took a sample ([`now_ns`]).
+    sampled_at_ns: AtomicU64,
+    ejected: AtomicBool,
+    probing: AtomicBool,
+    /// Cancelled when the instance leaves the registry: calls waiting on it give up.
+    gone: CancellationToken,
+}
+
+impl InstanceStats {
+    fn load(&self) -> u64 {
+        self.load_at(now_ns())
+    }
+
+    /// The load as of `now` ([`now_ns`]).
+    fn load_at(&self, now: u64) -> u64 {
+        let in_flight = u64::from(self.in_flight.load(Ordering::Relaxed));
+        let idle = now.saturating_sub(self.sampled_at_ns.load(Ordering::Relaxed));
+        let halvings = idle / u64::try_from(EWMA_HALF_LIFE.as_nanos()).unwrap_or(u64::MAX);
+        let ewma = self.ewma_ns.load(Ordering::Relaxed) >> halvings.min(63);
+        ewma.max(1).saturating_mul(in_flight + 1)
+    }
+
+    /// Counts a call in flight until the returned guard is dropped.
+    pub(crate) fn start(self: &Arc<Self>) -> CallGuard {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        CallGuard {
+            stats: self.clone(),
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn gone(&self) -> &CancellationToken {
+        &self.gone
+    }
+
+    pub(crate) fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+}
+
+/// One call in flight to an instance; records its latency when it ends well.
+pub(crate) struct CallGuard {
+    stats: Arc<InstanceStats>,
+    started: Instant,
+}
+
+impl CallGuard {
+    /// The call got a reply: feed its latency into the EWMA.
+    pub(crate) fn answered(&self) {
+        let sample = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let old = self.stats.ewma_ns.load(Ordering::Relaxed);
+        // A first sample is blended with a prior of zero like any other, so that one slow
+        // first reply does not mark a new instance as slow.
+        let new = if old == 0 {
+            sample * EWMA_NEW_EIGHTHS / 8
+        } else {
+            (old * (8 - EWMA_NEW_EIGHTHS) + sample * EWMA_NEW_EIGHTHS) / 8
+        };
+        self.stats.ewma_ns.store(new, Ordering::Relaxed);
+        self.stats.sampled_at_ns.store(now_ns(), Ordering::Relaxed);
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Where this node is, for locality.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Locality {
+    pub(crate) host: String,
+    pub(crate) region: String,
+}
+
+impl Locality {
+    /// 0: same host, 1: same region, 2: elsewhere.
+    fn tier(&self, instance: &Instance) -> u8 {
+        if instance.host == self.host {
+            0
+        } else if instance.region == self.region {
+            1
+        } else {
+            2
+        }
+    }
+}
+
+/// The caller side of balancing: stats per instance address and the retry budget.
+pub(crate) struct Balancer {
+    locality: Locality,
+    stats: Mutex<HashMap<SocketAddr, Arc<InstanceStats>>>,
+    budget: RetryBudget,
+}
+
+impl Balancer {
+    pub(crate) fn new(locality: Locality) -> Self {
+        Self {
+            locality,
+            stats: Mutex::default(),
+            budget: RetryBudget::new(Instant::now()),
+        }
+    }
+
+    pub(crate) fn stats(&self, addr: SocketAddr) -> Arc<InstanceStats> {
+        self.stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(addr)
+            .or_default()
+            .clone()
+    }
+
+    /// Picks an instance among the registered `candidates`, avoiding ejected ones and those in
+    /// `avoid` (already tried by this call) while others are left.
+    pub(crate) fn choose<'a>(
+        &self,
+        candidates: &[&'a Instance],
+        avoid: &[SocketAddr],
+    ) -> Option<&'a Instance> {
+        let loads: Vec<(usize, u8, u64, bool)> = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.registered)
+            .map(|(n, i)| {
+                let stats = self.stats(i.addr);
+                let usable = !stats.is_ejected() && !avoid.contains(&i.addr);
+                (n, self.locality.tier(i), stats.load(), usable)
+            })
+            .collect();
+        pick(&loads, random()).map(|n| candidates[n])
+    }
+
+    /// Takes `addr` out of rotation now; `probe` is run (once at a time) to bring it back.
+    pub(crate) fn eject<F, Fut>(&self, addr: SocketAddr, probe: F)
+    where
+        F: FnOnce(Arc<InstanceStats>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let stats = self.stats(addr);
+        stats.ejected.store(true, Ordering::Relaxed);
+        if !stats.probing.swap(true, Ordering::AcqRel) {
+            tokio::spawn(probe(stats));
+        }
+    }
+
+    /// Forgets instances that left the registry, cancelling calls still waiting on them.
+    pub(crate) fn retain(&self, keep: impl Fn(SocketAddr) -> bool) {
+        let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        stats.retain(|addr, s| {
+            let kept = keep(*addr);
+            if !kept {
+                s.gone.cancel();
+            }
+            kept
+        });
+    }
+
+    pub(crate) fn budget(&self) -> &RetryBudget {
+        &self.budget
+    }
+}
+
+/// Marks a probed instance usable again.
+pub(crate) fn readmit(stats: &InstanceStats) {
+    stats.ejected.store(false, Ordering::Relaxed);
+    stats.probing.store(false, Ordering::Release);
+}
+
+/// Ends a probe without readmitting (the instance left the registry).
+pub(crate) fn stop_probing(stats: &InstanceStats) {
+    stats.probing.store(false, Ordering::Release);
+}
+
+/// Power of two choices over `(index, tier, load, usable)`: the closest tier with a usable
+/// candidate, then the lighter of two picked by `seed`. Falls back to unusable candidates
+/// (ejected or already tried) only when nothing else is registered, as a last resort.
+fn pick(candidates: &[(usize, u8, u64, bool)], seed: u64) -> Option<usize> {
+    let pool: Vec<&(usize, u8, u64, bool)> = if candidates.iter().any(|c| c.3) {
+        let tier = candidates.iter().filter(|c| c.3).map(|c| c.1).min()?;
+        candidates.iter().filter(|c| c.3 && c.1 == tier).collect()
+    } else {
+        candidates.iter().collect()
+    };
+    match pool.len() {
+        0 => None,
+        1 => Some(pool[0].0),
+        n => {
+            let n = n as u64;
+            let first = (seed % n) as usize;
+            // A second, different index.
+            let second = (first + 1 + ((seed >> 32) % (n - 1)) as usize) % pool.len();
+            let (a, b) = (pool[first], pool[second]);
+            Some(if b.2 < a.2 { b.0 } else { a.0 })
+        }
+    }
+}
+
+/// A random u64, good enough to spread load (not for secrets).
+pub(crate) fn random() -> u64 {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x9E37_79B9_7F4A_7C15);
+            h.finish() | 1
+        });
+    }
+    STATE.with(|s| {
+        // xorshift64*
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+/// Retries allowed: a fifth of the calls made, plus a floor that refills over time, so a
+/// failing cluster sees at most about 20% more calls than it would without retries. Counted
+/// in thousandths of a retry.
+pub(crate) struct RetryBudget {
+    state: Mutex<(u64, Instant)>,
+}
+
+/// One retry, in budget units.
+const RETRY_COST: u64 = 1000;
+/// Each call adds a fifth of a retry.
+const RETRY_PER_CALL: u64 = 200;
+/// Budget that refills per second whatever the traffic (ten retries), so rare calls can still
+/// retry.
+const RETRY_FLOOR_PER_SEC: u64 = 10 * RETRY_COST;
+/// Most budget that can be saved up (a hundred retries).
+const RETRY_CAP: u64 = 100 * RETRY_COST;
+
+impl RetryBudget {
+    fn new(now: Instant) -> Self {
+        Self {
+            state: Mutex::new((RETRY_FLOOR_PER_SEC, now)),
+        }
+    }
+
+    /// Counts one call.
+    pub(crate) fn deposit(&self) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.0 = (s.0 + RETRY_PER_CALL).min(RETRY_CAP);
+    }
+
+    /// Takes one retry from the budget, if there is one.
+    pub(crate) fn withdraw(&self, now: Instant) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let elapsed_ms =
+            u64::try_from(now.saturating_duration_since(s.1).as_millis()).unwrap_or(u64::MAX);
+        let refill = elapsed_ms.saturating_mul(RETRY_FLOOR_PER_SEC) / 1000;
+        s.0 = s.0.saturating_add(refill).min(RETRY_CAP);
+        s.1 = now;
+        if s.0 >= RETRY_COST {
+            s.0 -= RETRY_COST;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The pause before retry number `attempt` (1-based): full jitter over 1, 2, 4 … ms, at most
+/// 32 ms; the retry goes to another instance, so the pause only spreads retries out.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let cap_us = 1000u64 << attempt.saturating_sub(1).min(5);
+    Duration::from_micros(random() % cap_us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pick_prefers_the_closest_tier_then_the_lighter_of_two() {
+        // Same host (tier 0) wins over a lighter instance elsewhere.
+        let c = [(0, 2, 1, true), (1, 0, 1000, true)];
+        for seed in 0..50 {
+            assert_eq!(pick(&c, seed), Some(1));
+        }
+        // Two in the same tier: the lighter one, whichever order they are drawn in.
+        let c = [(0, 1, 500, true), (1, 1, 5, true)];
+        for seed in 0..50 {
+            assert_eq!(pick(&c, seed), Some(1));
+        }
+        // Unusable ones are skipped while a usable one exists...
+        let c = [(0, 0, 1, false), (1, 2, 9, true)];
+        assert_eq!(pick(&c, 7), Some(1));
+        // ...and used as a last resort.
+        let c = [(0, 0, 1, false)];
+        assert_eq!(pick(&c, 7), Some(0));
+        assert_eq!(pick(&[], 7), None);
+    }
+
+    #[test]
+    fn pick_spreads_over_equal_candidates() {
+        let c: Vec<_> = (0..3).map(|i| (i, 0, 10, true)).collect();
+        let mut seen = [0usize; 3];
+        for _ in 0..300 {
+            seen[pick(&c, random()).expect("a pick")] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 30), "{seen:?}");
+    }
+
+    #[test]
+    fn budget_allows_a_fifth_of_calls_plus_a_floor() {
+        let start = Instant::now();
+        let budget = RetryBudget::new(start);
+        // The initial floor.
+        let mut granted = 0;
+        while budget.withdraw(start) {
+            granted += 1;
+        }
+        assert_eq!(granted, 10);
+        // 50 calls earn 10 retries.
+        for _ in 0..50 {
+            budget.deposit();
+        }
+        let mut granted = 0;
+        while budget.withdraw(start) {
+            granted += 1;
+        }
+        assert_eq!(granted, 10);
+        // Half a second refills the floor by 5.
+        let later = start + Duration::from_millis(500);
+        let mut granted = 0;
+        while budget.withdraw(later) {
+            granted += 1;
+        }
+        assert_eq!(granted, 5);
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        for attempt in 1..20 {
+            assert!(backoff(attempt) < Duration::from_millis(32));
+        }
+    }
+
+    #[test]
+    fn ewma_follows_latency_and_in_flight_counts() {
+        let stats = Arc::new(InstanceStats::default());
+        assert_eq!(stats.load(), 1);
+        let guard = stats.start();
+        assert_eq!(stats.in_flight.load(Ordering::Relaxed), 1);
+        guard.answered();
+        drop(guard);
+        assert_eq!(stats.in_flight.load(Ordering::Relaxed), 0);
+        assert!(stats.ewma_ns.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn a_slow_sample_fades_while_the_instance_is_idle() {
+        let stats = InstanceStats::default();
+        stats.ewma_ns.store(1 << 40, Ordering::Relaxed);
+        let sampled = 5_000_000_000;
+        stats.sampled_at_ns.store(sampled, Ordering::Relaxed);
+        assert_eq!(stats.load_at(sampled), 1 << 40);
+        let half_life = u64::try_from(EWMA_HALF_LIFE.as_nanos()).expect("fits");
+        assert_eq!(stats.load_at(sampled + half_life), 1 << 39);
+        assert_eq!(stats.load_at(sampled + 10 * half_life), 1 << 30);
+    }
+}

@@ -1,0 +1,583 @@
+//! The service registry: every hosted service instance is a key in the config store, bound to
+//! its node's lease, and every node keeps a live view of them, pushed by the store's watch.
+//!
+//! - **Registration** ([`Registration`]): on start a node writes one [`Instance`] record per
+//!   hosted application service under `skynet/instances/<service>/<address>`, all bound to one
+//!   lease that the node keeps alive (keep-alives never touch the Raft log). A node that dies
+//!   stops keeping it alive, and the leader deletes its records when the lease runs out: that is
+//!   the reaper. A node that finds its lease gone (it was cut off for longer than the TTL)
+//!   grants a new one and writes its records again.
+//! - **The view** ([`Registry`]): a range read of the prefix, then a watch from that read's
+//!   revision, applied to an immutable snapshot that callers read without waiting on anything.
+//!   The call path never asks the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{EventKind, LeaseId, Op, Revision, Store, StoreError, Txn};
+
+/// Where instance records live in the store.
+pub const INSTANCES_PREFIX: &str = "skynet/instances/";
+
+/// One running instance of a service, as registered in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Instance {
+    /// The service name.
+    pub service: String,
+    /// The service version.
+    pub version: semver::Version,
+    /// The hosting node's name.
+    pub node: String,
+    /// Where the node listens.
+    pub addr: SocketAddr,
+    /// The host the node runs on (its host name unless configured).
+    pub host: String,
+    /// The node's region (`"unknown"` unless configured).
+    pub region: String,
+    /// When the node started, in milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    /// Whether the instance takes new traffic. An unregistered instance stays up and answers
+    /// calls already routed to it, but callers choose other instances.
+    pub registered: bool,
+    /// The service's methods, sorted.
+    pub methods: Vec<String>,
+    /// The methods marked idempotent, sorted: callers retry only these after a call may have
+    /// reached the instance.
+    pub idempotent: Vec<String>,
+}
+
+impl Instance {
+    /// The store key of this record.
+    pub fn key(&self) -> String {
+        instance_key(&self.service, self.addr)
+    }
+
+    /// Whether `method` may be retried once it may have run.
+    pub fn is_idempotent(&self, method: &str) -> bool {
+        self.idempotent
+            .binary_search_by(|m| m.as_str().cmp(method))
+            .is_ok()
+    }
+}
+
+fn instance_key(service: &str, addr: SocketAddr) -> String {
+    format!("{INSTANCES_PREFIX}{service}/{addr}")
+}
+
+/// Every known instance at one store revision. Cheap to share: readers hold an `Arc`.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrySnapshot {
+    revision: Revision,
+    by_key: BTreeMap<String, Instance>,
+    by_service: HashMap<String, Arc<[Instance]>>,
+}
+
+impl RegistrySnapshot {
+    /// The store revision this snapshot reflects.
+    pub fn revision(&self) -> Revision {
+        self.revision
+    }
+
+    /// Every instance of `service`, registered or not, ordered by key.
+    pub fn instances(&self, service: &str) -> Arc<[Instance]> {
+        self.by_service
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
+    /// Every instance of every service, ordered by service, then address.
+    pub fn all(&self) -> impl Iterator<Item = &Instance> {
+        self.by_key.values()
+    }
+
+    /// Whether an instance at `addr` serves `service`.
+    pub fn contains(&self, service: &str, addr: SocketAddr) -> bool {
+        self.by_key.contains_key(&instance_key(service, addr))
+    }
+
+    /// A snapshot of the records in `kvs` (a range read at `revision`).
+    fn from_records(revision: Revision, kvs: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
+        let mut snapshot = Self {
+            revision,
+            ..Self::default()
+        };
+        for (key, value) in kvs {
+            snapshot.put(key, &value);
+        }
+        snapshot.reindex();
+        snapshot
+    }
+
+    /// Applies one change; returns what the change did to the instance at `key`, if anything.
+    fn apply(&mut self, kind: EventKind, key: String, value: &[u8]) -> Option<Change> {
+        match kind {
+            EventKind::Put => self.put(key, value),
+            EventKind::Delete => self.by_key.remove(&key).map(Change::Left),
+        }
+    }
+
+    fn put(&mut self, key: String, value: &[u8]) -> Option<Change> {
+        match serde_json::from_slice::<Instance>(value) {
+            Ok(instance) if instance.key() == key => {
+                let change = match self.by_key.get(&key) {
+                    None => Change::Joined(instance.clone()),
+                    Some(_) => Change::Updated(instance.clone()),
+                };
+                self.by_key.insert(key, instance);
+                Some(change)
+            }
+            Ok(_) => {
+                tracing::warn!(%key, "instance record does not match its key; ignored");
+                self.by_key.remove(&key).map(Change::Left)
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "unreadable instance record; ignored");
+                self.by_key.remove(&key).map(Change::Left)
+            }
+        }
+    }
+
+    fn reindex(&mut self) {
+        let mut by_service: HashMap<String, Vec<Instance>> = HashMap::new();
+        for instance in self.by_key.values() {
+            by_service
+                .entry(instance.service.clone())
+                .or_default()
+                .push(instance.clone());
+        }
+        self.by_service = by_service
+            .into_iter()
+            .map(|(service, list)| (service, Arc::from(list)))
+            .collect();
+    }
+}
+
+/// What one registry change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// A new instance.
+    Joined(Instance),
+    /// An instance's record changed (registered or unregistered, typically).
+    Updated(Instance),
+    /// An instance left: deregistered, or its node's lease ran out.
+    Left(Instance),
+}
+
+/// This node's live view of the registry, from [`crate::Node::registry`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    snapshot: tokio::sync::watch::Receiver<Arc<RegistrySnapshot>>,
+    changes: tokio::sync::broadcast::Sender<Change>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("revision", &self.snapshot.borrow().revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// The current snapshot: what callers choose instances from.
+    pub fn snapshot(&self) -> Arc<RegistrySnapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Every instance of `service` in the current snapshot.
+    pub fn instances(&self, service: &str) -> Arc<[Instance]> {
+        self.snapshot.borrow().instances(service)
+    }
+
+    /// A receiver of every later snapshot (it always holds the newest; intermediate ones may be
+    /// skipped).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<RegistrySnapshot>> {
+        self.snapshot.clone()
+    }
+
+    /// A receiver of every later change, in order. A receiver that falls more than 1,024
+    /// changes behind gets `Lagged` and should read [`Registry::snapshot`] again.
+    pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Waits until the snapshot satisfies `accept` (checked now and at every change), and
+    /// returns it; `None` if `timeout` passes first.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        accept: impl Fn(&RegistrySnapshot) -> bool,
+    ) -> Option<Arc<RegistrySnapshot>> {
+        let mut rx = self.snapshot.clone();
+        let found = tokio::time::timeout(timeout, rx.wait_for(|s| accept(s))).await;
+        match found {
+            Ok(Ok(snapshot)) => Some(snapshot.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Starts the view's task: read, then follow the watch, until `stop`.
+pub(crate) fn start_view(store: Store, stop: CancellationToken) -> Registry {
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(RegistrySnapshot::default()));
+    let (changes, _) = tokio::sync::broadcast::channel(1024);
+    let registry = Registry {
+        snapshot: rx,
+        changes: changes.clone(),
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            () = follow(store, tx, changes) => {}
+            () = stop.cancelled() => {}
+        }
+    });
+    registry
+}
+
+/// Pause after the view failed to read or watch the store, before it reads again.
+const RESYNC_PAUSE: Duration = Duration::from_millis(200);
+
+async fn follow(
+    store: Store,
+    tx: tokio::sync::watch::Sender<Arc<RegistrySnapshot>>,
+    changes: tokio::sync::broadcast::Sender<Change>,
+) {
+    loop {
+        let (kvs, revision) = match store.range(INSTANCES_PREFIX).await {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(error = %e, "registry view cannot read the store; retrying");
+                tokio::time::sleep(RESYNC_PAUSE).await;
+                continue;
+            }
+        };
+        let mut snapshot =
+            RegistrySnapshot::from_records(revision, kvs.into_iter().map(|kv| (kv.key, kv.value)));
+        // Changes between the previous view and this read are reported as one diff.
+        for change in diff(&tx.borrow(), &snapshot) {
+            let _ = changes.send(change);
+        }
+        tx.send_replace(Arc::new(snapshot.clone()));
+        let mut watch = store.watch(INSTANCES_PREFIX, revision);
+        loop {
+            let events = match watch.next().await {
+                Ok(events) => events,
+                Err(StoreError::Compacted(_)) => {
+                    tracing::info!("registry view fell behind the store's history; reading again");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "registry watch failed; reading again");
+                    tokio::time::sleep(RESYNC_PAUSE).await;
+                    break;
+                }
+            };
+            for event in events {
+                snapshot.revision = event.revision;
+                if let Some(change) = snapshot.apply(event.kind, event.key, &event.value) {
+                    log_change(&change);
+                    let _ = changes.send(change);
+                }
+            }
+            snapshot.reindex();
+            tx.send_replace(Arc::new(snapshot.clone()));
+        }
+    }
+}
+
+fn log_change(change: &Change) {
+    match change {
+        Change::Joined(i) => {
+            tracing::info!(service = %i.service, addr = %i.addr, node = %i.node, "instance joined")
+        }
+        Change::Updated(i) => {
+            tracing::info!(service = %i.service, addr = %i.addr, registered = i.registered, "instance updated")
+        }
+        Change::Left(i) => {
+            tracing::info!(service = %i.service, addr = %i.addr, node = %i.node, "instance left the registry")
+        }
+    }
+}
+
+/// The changes that turn `old` into `new`.
+fn diff(old: &RegistrySnapshot, new: &RegistrySnapshot) -> Vec<Change> {
+    let mut changes = Vec::new();
+    for (key, instance) in &new.by_key {
+        match old.by_key.get(key) {
+            None => changes.push(Change::Joined(instance.clone())),
+            Some(before) if before != instance => changes.push(Change::Updated(instance.clone())),
+            Some(_) => {}
+        }
+    }
+    for (key, instance) in &old.by_key {
+        if !new.by_key.contains_key(key) {
+            changes.push(Change::Left(instance.clone()));
+        }
+    }
+    changes
+}
+
+/// How a node registers its services. Validated when the node starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationConfig {
+    /// Time-to-live of the node's lease: an instance whose node dies leaves the registry about
+    /// this long after its last keep-alive. Keep-alives go out every third of it.
+    pub ttl: Duration,
+    /// After deregistering at shutdown, how long the node keeps serving new calls (refusing
+    /// none) so that callers whose view has not caught up yet are not refused.
+    pub grace: Duration,
+}
+
+impl Default for RegistrationConfig {
+    /// A 1.5 s lease, so a dead instance is culled within 2 s; 250 ms of grace.
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_millis(1500),
+            grace: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A node's own instance records and the lease that keeps them alive.
+pub(crate) struct Registration {
+    store: Store,
+    config: RegistrationConfig,
+    records: Mutex<Vec<Instance>>,
+    lease: Mutex<Option<LeaseId>>,
+    stop: CancellationToken,
+}
+
+impl Registration {
+    /// Writes every record under a fresh lease and starts keeping it alive.
+    pub(crate) async fn start(
+        store: Store,
+        config: RegistrationConfig,
+        records: Vec<Instance>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let registration = Arc::new(Self {
+            store,
+            config,
+            records: Mutex::new(records),
+            lease: Mutex::new(None),
+            stop: CancellationToken::new(),
+        });
+        registration.register_all().await?;
+        tokio::spawn(registration.clone().keep_alive());
+        Ok(registration)
+    }
+
+    fn lease(&self) -> Option<LeaseId> {
+        *self.lease.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Grants a new lease and writes every record bound to it, in one transaction.
+    async fn register_all(&self) -> Result<(), StoreError> {
+        let lease = self.store.lease_grant(self.config.ttl).await?;
+        let records = self
+            .records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let puts = records
+            .iter()
+            .map(|r| put_op(r, lease))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store
+            .txn(Txn {
+                compares: Vec::new(),
+                success: puts,
+                failure: Vec::new(),
+            })
+            .await?;
+        *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some(lease);
+        Ok(())
+    }
+
+    async fn keep_alive(self: Arc<Self>) {
+        let every = self.config.ttl / 3;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = self.stop.cancelled() => return,
+            }
+            let result = match self.lease() {
+                Some(lease) => self.store.lease_keep_alive(lease).await.map(drop),
+                None => Err(StoreError::Lease("no lease yet".into())),
+            };
+            match result {
+                Ok(()) => {}
+                Err(StoreError::Lease(reason)) => {
+                    // Cut off for longer than the TTL: the records are gone. Write them again.
+                    tracing::warn!(%reason, "registration lease lost; registering again");
+                    if let Err(e) = self.register_all().await {
+                        tracing::warn!(error = %e, "registering again failed; retrying");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "registration keep-alive failed; retrying"),
+            }
+        }
+    }
+
+    /// Marks `service`'s instance as taking new traffic or not. Returns whether this node
+    /// hosts `service`.
+    pub(crate) async fn set_registered(
+        &self,
+        service: &str,
+        registered: bool,
+    ) -> Result<bool, StoreError> {
+        let record = {
+            let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(record) = records.iter_mut().find(|r| r.service == service) else {
+                return Ok(false);
+            };
+            record.registered = registered;
+            record.clone()
+        };
+        let Some(lease) = self.lease() else {
+            return Err(StoreError::Lease("not registered yet".into()));
+        };
+        self.store
+            .txn(Txn {
+                compares: Vec::new(),
+                success: vec![put_op(&record, lease)?],
+                failure: Vec::new(),
+            })
+            .await?;
+        Ok(true)
+    }
+
+    /// Marks every instance unregistered (the first step of a graceful shutdown).
+    pub(crate) async fn unregister_all(&self) -> Result<(), StoreError> {
+        let services: Vec<String> = self
+            .records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|r| r.service.clone())
+            .collect();
+        for service in services {
+            self.set_registered(&service, false).await?;
+        }
+        Ok(())
+    }
+
+    /// Stops keeping the lease alive and revokes it, deleting every record at once.
+    pub(crate) async fn deregister(&self) -> Result<(), StoreError> {
+        self.stop.cancel();
+        match self.lease() {
+            Some(lease) => self.store.lease_revoke(lease).await,
+            None => Ok(()),
+        }
+    }
+}
+
+fn put_op(record: &Instance, lease: LeaseId) -> Result<Op, StoreError> {
+    let value = serde_json::to_vec(record)
+        .map_err(|e| StoreError::Rejected(format!("instance record: {e}")))?;
+    Ok(Op::Put {
+        key: record.key(),
+        value,
+        lease: Some(lease),
+        prev_kv: false,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(service: &str, port: u16) -> Instance {
+        Instance {
+            service: service.into(),
+            version: semver::Version::new(1, 0, 0),
+            node: format!("n{port}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            host: "h".into(),
+            region: "r".into(),
+            started_at_ms: 1,
+            registered: true,
+            methods: vec!["a".into(), "b".into()],
+            idempotent: vec!["b".into()],
+        }
+    }
+
+    fn record(i: &Instance) -> (String, Vec<u8>) {
+        (i.key(), serde_json::to_vec(i).expect("encodes"))
+    }
+
+    #[test]
+    fn snapshot_indexes_applies_and_ignores_bad_records() {
+        let (a, b, c) = (instance("x", 1), instance("x", 2), instance("y", 3));
+        let mut s = RegistrySnapshot::from_records(
+            5,
+            [
+                record(&a),
+                record(&c),
+                ("skynet/instances/x/bogus".into(), b"not json".to_vec()),
+            ],
+        );
+        assert_eq!(s.revision(), 5);
+        assert_eq!(&*s.instances("x"), std::slice::from_ref(&a));
+        assert_eq!(&*s.instances("y"), std::slice::from_ref(&c));
+        assert!(s.instances("z").is_empty());
+
+        let (key, value) = record(&b);
+        assert_eq!(
+            s.apply(EventKind::Put, key.clone(), &value),
+            Some(Change::Joined(b.clone()))
+        );
+        let mut b2 = b.clone();
+        b2.registered = false;
+        let (_, value2) = record(&b2);
+        assert_eq!(
+            s.apply(EventKind::Put, key.clone(), &value2),
+            Some(Change::Updated(b2.clone()))
+        );
+        assert_eq!(
+            s.apply(EventKind::Delete, a.key(), b""),
+            Some(Change::Left(a.clone()))
+        );
+        assert_eq!(s.apply(EventKind::Delete, a.key(), b""), None);
+        // A record whose contents name another key is refused.
+        let (_, wrong) = record(&c);
+        assert_eq!(
+            s.apply(EventKind::Put, "skynet/instances/x/9".into(), &wrong),
+            None
+        );
+        s.reindex();
+        assert_eq!(&*s.instances("x"), &[b2]);
+        assert!(s.contains("y", c.addr));
+        assert!(!s.contains("x", a.addr));
+    }
+
+    #[test]
+    fn diff_reports_joins_updates_and_departures() {
+        let (a, b) = (instance("x", 1), instance("x", 2));
+        let mut b2 = b.clone();
+        b2.registered = false;
+        let c = instance("y", 3);
+        let old = RegistrySnapshot::from_records(1, [record(&a), record(&b)]);
+        let new = RegistrySnapshot::from_records(2, [record(&b2), record(&c)]);
+        let changes = diff(&old, &new);
+        assert_eq!(
+            changes,
+            vec![Change::Updated(b2), Change::Joined(c), Change::Left(a)]
+        );
+    }
+
+    #[test]
+    fn idempotent_lookup_uses_the_sorted_list() {
+        let i = instance("x", 1);
+        assert!(i.is_idempotent("b"));
+        assert!(!i.is_idempotent("a"));
+        assert!(!i.is_idempotent("zz"));
+    }
+}

@@ -1,0 +1,259 @@
+//! The registry on real nodes over QUIC on loopback: registration, the live view, calls by name
+//! balanced over instances, unregistering, version requirements, graceful shutdown under load
+//! with no failed call, and the typed "no instance" error.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use skynet::{CallError, Node, RpcConfig, ServiceDef, ServiceError, StoreConfig};
+
+type TestResult = anyhow::Result<()>;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Cluster {
+    credentials: tempfile::TempDir,
+    data: tempfile::TempDir,
+    seed: Node,
+}
+
+impl Cluster {
+    /// One store member; every other node is a store client of it.
+    async fn new() -> anyhow::Result<Self> {
+        let credentials = tempfile::tempdir()?;
+        let data = tempfile::tempdir()?;
+        let seed = Node::builder()
+            .name("seed")
+            .development_credentials(credentials.path())
+            .store(StoreConfig::bootstrap(data.path().join("seed")))
+            .start()
+            .await?;
+        Ok(Self {
+            credentials,
+            data,
+            seed,
+        })
+    }
+
+    fn builder(&self, name: &str) -> skynet::NodeBuilder {
+        Node::builder()
+            .name(name)
+            .development_credentials(self.credentials.path())
+            .config(RpcConfig {
+                connect_timeout: Duration::from_millis(500),
+                ..Default::default()
+            })
+            .store(StoreConfig::client(vec![self.seed.local_addr()]))
+    }
+
+    /// A node hosting `echo` 1.2.0: `who` (idempotent) answers the node's name, `put` (not
+    /// idempotent) too.
+    async fn instance(&self, name: &str) -> anyhow::Result<Node> {
+        let (a, b) = (name.to_owned(), name.to_owned());
+        let echo = ServiceDef::builder("echo", "1.2.0")
+            .idempotent_method("who", move |_, _: ()| {
+                let name = a.clone();
+                async move { Ok::<_, ServiceError>(name) }
+            })
+            .method("put", move |_, _: u64| {
+                let name = b.clone();
+                async move { Ok::<_, ServiceError>(name) }
+            });
+        Ok(self.builder(name).service(echo).start().await?)
+    }
+
+    async fn caller(&self) -> anyhow::Result<Node> {
+        Ok(self.builder("caller").start().await?)
+    }
+}
+
+/// Waits until `caller` sees exactly `n` registered instances of echo.
+async fn wait_registered(caller: &Node, n: usize) -> anyhow::Result<()> {
+    let registry = caller
+        .registry()
+        .expect("a node with a store has a registry");
+    registry
+        .wait_for(WAIT, |s| {
+            s.instances("echo").iter().filter(|i| i.registered).count() == n
+        })
+        .await
+        .ok_or_else(|| anyhow::anyhow!("never saw {n} registered instances"))?;
+    Ok(())
+}
+
+async fn who(caller: &Node) -> Result<String, CallError> {
+    caller.client("echo").call("who", ()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_by_name_spread_over_instances_and_follow_registration() -> TestResult {
+    let cluster = Cluster::new().await?;
+    let nodes = [
+        cluster.instance("i1").await?,
+        cluster.instance("i2").await?,
+        cluster.instance("i3").await?,
+    ];
+    let caller = cluster.caller().await?;
+    wait_registered(&caller, 3).await?;
+
+    // The records say what the instances are.
+    let instances = caller.registry().expect("registry").instances("echo");
+    let mut addrs: Vec<SocketAddr> = instances.iter().map(|i| i.addr).collect();
+    addrs.sort();
+    let mut expected: Vec<SocketAddr> = nodes.iter().map(Node::local_addr).collect();
+    expected.sort();
+    assert_eq!(addrs, expected);
+    for i in instances.iter() {
+        assert_eq!(i.version, semver::Version::new(1, 2, 0));
+        assert_eq!(i.methods, ["put", "who"]);
+        assert_eq!(i.idempotent, ["who"]);
+        assert_eq!(i.region, "unknown");
+    }
+
+    // Concurrent calls by name reach every instance: the balancer weighs calls in flight.
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let caller = caller.clone();
+            tokio::spawn(async move {
+                let mut names = Vec::new();
+                for _ in 0..30 {
+                    names.push(who(&caller).await?);
+                }
+                Ok::<_, CallError>(names)
+            })
+        })
+        .collect();
+    let mut served: HashMap<String, usize> = HashMap::new();
+    for task in tasks {
+        for name in task.await?? {
+            *served.entry(name).or_default() += 1;
+        }
+    }
+    assert_eq!(served.len(), 3, "every instance served: {served:?}");
+    assert!(served.values().all(|&n| n >= 10), "spread: {served:?}");
+
+    // An unregistered instance stays up but takes no new traffic.
+    assert!(nodes[0].set_registered("echo", false).await?);
+    assert!(!nodes[0].set_registered("nope", false).await?);
+    wait_registered(&caller, 2).await?;
+    for _ in 0..100 {
+        assert_ne!(who(&caller).await?, "i1");
+    }
+    // Directly addressed, it still answers.
+    let direct = caller
+        .client("echo")
+        .at(nodes[0].local_addr())
+        .call::<(), String, ServiceError>("who", ())
+        .await?;
+    assert_eq!(direct, "i1");
+    assert!(nodes[0].set_registered("echo", true).await?);
+    wait_registered(&caller, 3).await?;
+
+    // Version requirements.
+    let v1: String = caller
+        .client("echo")
+        .with_version(semver::VersionReq::parse("^1.2")?)
+        .call::<(), String, ServiceError>("who", ())
+        .await?;
+    assert!(v1.starts_with('i'));
+    let v2 = caller
+        .client("echo")
+        .with_version(semver::VersionReq::parse(">=2")?)
+        .call::<(), String, ServiceError>("who", ())
+        .await;
+    match v2 {
+        Err(CallError::NoInstance { service, version }) => {
+            assert_eq!(service, "echo");
+            assert_eq!(version.as_deref(), Some(">=2"));
+        }
+        other => panic!("expected NoInstance, got {other:?}"),
+    }
+    let unknown = caller
+        .client("nobody-hosts-this")
+        .call::<(), String, ServiceError>("who", ())
+        .await;
+    assert!(
+        matches!(unknown, Err(CallError::NoInstance { ref service, .. }) if service == "nobody-hosts-this"),
+        "{unknown:?}"
+    );
+
+    caller.shutdown().await;
+    for node in &nodes {
+        node.shutdown().await;
+    }
+    cluster.seed.shutdown().await;
+    drop(cluster.data);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_under_load_fails_no_call_and_the_last_leaves_no_instance() -> TestResult
+{
+    let cluster = Cluster::new().await?;
+    let i1 = cluster.instance("i1").await?;
+    let i2 = cluster.instance("i2").await?;
+    let caller = cluster.caller().await?;
+    wait_registered(&caller, 2).await?;
+
+    // Steady load of both kinds of call, idempotent or not, from several tasks.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for task in 0..8u64 {
+        let (caller, stop) = (caller.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut calls = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let result: Result<String, CallError> = if task % 2 == 0 {
+                    caller.client("echo").call("who", ()).await
+                } else {
+                    caller.client("echo").call("put", calls).await
+                };
+                result?;
+                calls += 1;
+            }
+            Ok::<_, CallError>(calls)
+        }));
+    }
+    // Let the load reach both instances, then stop one gracefully in the middle of it.
+    tokio::time::timeout(WAIT, async {
+        while who(&caller).await? != "i1" {}
+        Ok::<_, CallError>(())
+    })
+    .await??;
+    i1.shutdown().await;
+    wait_registered(&caller, 1).await?;
+    let registry = caller.registry().expect("registry");
+    registry
+        .wait_for(WAIT, |s| s.instances("echo").len() == 1)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("i1's record was not removed"))?;
+    for _ in 0..50 {
+        assert_eq!(who(&caller).await?, "i2");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for task in load {
+        total += task.await??;
+    }
+    assert!(total > 0);
+
+    // The last instance goes: callers get the typed error, naming the service.
+    i2.shutdown().await;
+    registry
+        .wait_for(WAIT, |s| s.instances("echo").is_empty())
+        .await
+        .ok_or_else(|| anyhow::anyhow!("i2's record was not removed"))?;
+    let err = who(&caller).await.expect_err("no instance is left");
+    assert!(
+        matches!(err, CallError::NoInstance { ref service, .. } if service == "echo"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("echo"));
+
+    caller.shutdown().await;
+    cluster.seed.shutdown().await;
+    Ok(())
+}
