@@ -834,7 +834,47 @@ struct Sample {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// CPUs' worth of time the system's processes (its members and this load generator) used
+    /// in the measured window.
+    cpus: f64,
+    /// CPUs' worth of time everything else on the machine used meanwhile (0 to 2 here).
+    others: f64,
 }
+
+/// Clock ticks a process has run (user + system), from /proc; 0 if it is gone.
+fn proc_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the parenthesised name: state is the first, utime the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum()
+}
+
+/// Busy clock ticks of the whole machine (user, nice, system, irq, softirq, steal).
+fn machine_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum()
+}
+
+/// Linux's USER_HZ, the unit of /proc's tick counts.
+const TICKS_PER_SEC: f64 = 100.0;
 
 fn new_histogram() -> Result<Histogram<u64>> {
     // Microseconds, 1 µs to 100 s, 3 significant digits.
@@ -849,9 +889,20 @@ async fn closed_loop(
     clients: usize,
     keys: usize,
     s: &Settings,
+    pids: Vec<u32>,
 ) -> Result<Sample> {
     let measure_from = Instant::now() + s.warmup;
     let stop_at = measure_from + s.measure;
+    let cpu = tokio::spawn(async move {
+        let own = || pids.iter().map(|&p| proc_ticks(p)).sum::<u64>();
+        tokio::time::sleep_until(measure_from.into()).await;
+        let (own0, all0) = (own(), machine_ticks());
+        tokio::time::sleep_until(stop_at.into()).await;
+        (
+            own().saturating_sub(own0),
+            machine_ticks().saturating_sub(all0),
+        )
+    });
     let value: Arc<[u8]> = vec![b'v'; VALUE_LEN].into();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -898,12 +949,16 @@ async fn closed_loop(
         hist.add(&h).context("histogram")?;
         errors += e;
     }
+    let (own, all) = cpu.await.context("CPU accounting")?;
+    let cpus = |ticks: u64| ticks as f64 / TICKS_PER_SEC / s.measure.as_secs_f64();
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(Sample {
         ops_per_sec: hist.len() as f64 / s.measure.as_secs_f64(),
         p50_ms: ms(0.50),
         p99_ms: ms(0.99),
         errors,
+        cpus: cpus(own),
+        others: cpus(all.saturating_sub(own)),
     })
 }
 
@@ -930,6 +985,30 @@ async fn preload(target: &Target, keys: usize) -> Result<()> {
 struct Systems {
     skynet: Option<(SkynetCluster, Node, Target)>,
     etcd: Option<(EtcdCluster, Target)>,
+}
+
+impl Systems {
+    /// This process and the server processes of system `name`, for CPU accounting.
+    fn pids(&self, name: &str) -> Vec<u32> {
+        let mut pids = vec![std::process::id()];
+        match (name, &self.skynet, &self.etcd) {
+            ("skynet", Some((cluster, _, _)), _) => pids.extend(
+                cluster
+                    .members
+                    .iter()
+                    .filter_map(|m| m.child.as_ref().and_then(Child::id)),
+            ),
+            ("etcd", _, Some((cluster, _))) => pids.extend((0..ETCD_PORTS.len()).filter_map(|i| {
+                std::fs::read_to_string(cluster.dir.join(format!("m{i}.pid")))
+                    .ok()?
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+            })),
+            _ => {}
+        }
+        pids
+    }
 }
 
 async fn start_skynet(root: &Path, s: &Settings) -> Result<(SkynetCluster, Node, Target)> {
@@ -998,6 +1077,8 @@ fn median(samples: &[Sample]) -> Option<Sample> {
         p50_ms: pick(|s| s.p50_ms)?,
         p99_ms: pick(|s| s.p99_ms)?,
         errors: samples.iter().map(|s| s.errors).sum(),
+        cpus: pick(|s| s.cpus)?,
+        others: pick(|s| s.others)?,
     })
 }
 
@@ -1022,10 +1103,16 @@ async fn measure(s: &Settings, root: &Path, systems: &mut Systems) -> Result<()>
         // Alternating systems within each round spreads the machine's slow moments over both.
         for (p, (phase, op, clients)) in PHASES.iter().enumerate() {
             for (t, (name, target)) in targets.iter().enumerate() {
-                let sample = closed_loop(target, *op, *clients, s.keys, s).await?;
+                let pids = systems.pids(name);
+                let sample = closed_loop(target, *op, *clients, s.keys, s, pids).await?;
                 println!(
-                    "round {round}: {name:<6} {phase:<27} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
-                    sample.ops_per_sec, sample.p50_ms, sample.p99_ms, sample.errors
+                    "round {round}: {name:<6} {phase:<27} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}  cpu {:.2}  others {:.2}",
+                    sample.ops_per_sec,
+                    sample.p50_ms,
+                    sample.p99_ms,
+                    sample.errors,
+                    sample.cpus,
+                    sample.others
                 );
                 samples[t][p].push(sample);
             }
@@ -1216,6 +1303,12 @@ fn report(
             show(b, |x| format!("{:.2} / {:.2}", x.p50_ms, x.p99_ms)),
             both(|x| x.p50_ms),
             both(|x| x.p99_ms)
+        );
+        println!(
+            "| {phase}: CPUs used by the system (by everything else) | {} | {} | {} |",
+            show(a, |x| format!("{:.2} ({:.2})", x.cpus, x.others)),
+            show(b, |x| format!("{:.2} ({:.2})", x.cpus, x.others)),
+            both(|x| x.cpus)
         );
         let errors: Vec<String> = [a, b]
             .iter()
