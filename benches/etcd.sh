@@ -79,8 +79,8 @@ start() {
   done
   if [ -n "$watch" ]; then
     # Bounded lifetime: whatever happens to the benchmark, its etcd members go with it.
-    setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop "$3"' \
-      watchdog "$watch" "$0" "$dir" </dev/null >/dev/null 2>&1 &
+    setsid bash -c 'while [ -e "/proc/$1" ]; do sleep 1; done; bash "$2" stop "$3"' \
+      watchdog "$watch" "$0" "$dir" </dev/null >"$dir/watchdog.out" 2>&1 &
   fi
   deadline=$((SECONDS + 30))
   for ((i = 0; i < MEMBERS; i++)); do
@@ -96,6 +96,14 @@ start() {
   echo "etcd: $MEMBERS members healthy, clients on $(client_url 0) .. $(client_url $((MEMBERS - 1)))"
 }
 
+# Whether a process runs. A killed member stays a zombie until init reaps it, and kill -0 would
+# still find it.
+alive() {
+  local state
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
 kill9() {
   local dir=$1 i=$2
   kill -9 "$(cat "$dir/m$i.pid")"
@@ -107,14 +115,14 @@ stop() {
     [ -f "$dir/m$i.pid" ] || continue
     pid=$(cat "$dir/m$i.pid")
     rm -f "$dir/m$i.pid"
-    if kill -TERM "$pid" 2>/dev/null; then pids+=("$pid"); fi
+    if alive "$pid" && kill -TERM "$pid" 2>/dev/null; then pids+=("$pid"); fi
   done
   for pid in "${pids[@]}"; do
     for _ in $(seq 50); do
-      kill -0 "$pid" 2>/dev/null || break
+      alive "$pid" || break
       sleep 0.1
     done
-    kill -9 "$pid" 2>/dev/null || true
+    if alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
   done
 }
 
