@@ -14,8 +14,10 @@
 //!
 //! Measured, in rounds that alternate between the systems: puts (8 B keys over a fixed key space,
 //! 256 B values) from 1 and from 64 closed-loop clients, linearizable reads from 1 client, then
-//! leader failover: kill -9 the leader, time until the first write that succeeds after it (the
-//! killed member is restarted from its data and the cluster settles before the next round).
+//! leader failover: kill -9 the leader, time until the first write that succeeds after it and
+//! until a surviving member names a new leader (the killed member is restarted from its data and
+//! the cluster settles before the next kill). Per phase, the CPU time of the system's processes
+//! and of everything else on the machine is reported too: the build machine is shared.
 //!
 //! Environment:
 //! - `SKYNET_BENCH_SECS`: measured seconds per phase (default 5; fractions allowed).
@@ -26,6 +28,7 @@
 //! - `SKYNET_BENCH_ETCD_CONNECTIONS`: gRPC connections the etcd clients share (default 4).
 //! - `SKYNET_BENCH_KEYS`: size of the key space (default 1000).
 //! - `SKYNET_BENCH_DIR`: where the temporary data directory goes (default the system's).
+//! - `SKYNET_BENCH_VERBOSE`: print each distinct error seen while a failover is under way.
 //!
 //! Every process started here is stopped at the end, also on failure: skynet members are killed
 //! when their handles drop and exit on their own when this process's end of their stdin closes;
