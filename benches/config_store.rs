@@ -29,6 +29,8 @@
 //! - `SKYNET_BENCH_KEYS`: size of the key space (default 1000).
 //! - `SKYNET_BENCH_DIR`: where the temporary data directory goes (default the system's).
 //! - `SKYNET_BENCH_VERBOSE`: print each distinct error seen while a failover is under way.
+//! - `SKYNET_BENCH_IDLE_TIMEOUT_MS`: QUIC idle timeout of the skynet members and client node
+//!   (keep-alive a quarter of it); default skynet's own (10 s). For studying failover.
 //!
 //! Every process started here is stopped at the end, also on failure: skynet members are killed
 //! when their handles drop and exit on their own when this process's end of their stdin closes;
@@ -99,6 +101,18 @@ struct Settings {
     etcd_connections: usize,
     keys: usize,
     dir: Option<PathBuf>,
+}
+
+/// The transport settings of every skynet node here: skynet's defaults unless
+/// `SKYNET_BENCH_IDLE_TIMEOUT_MS` says otherwise.
+fn rpc_config() -> Result<skynet::RpcConfig> {
+    let mut config = skynet::RpcConfig::default();
+    if let Ok(ms) = std::env::var("SKYNET_BENCH_IDLE_TIMEOUT_MS") {
+        let ms: u64 = ms.trim().parse().context("SKYNET_BENCH_IDLE_TIMEOUT_MS")?;
+        config.idle_timeout = Duration::from_millis(ms);
+        config.keep_alive = Duration::from_millis(ms / 4);
+    }
+    Ok(config)
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T>
@@ -187,6 +201,7 @@ fn member_main(name: &str) -> Result<()> {
         let node = Node::builder()
             .name(name)
             .bind(bind)
+            .config(rpc_config()?)
             .development_credentials(creds)
             .store(config)
             .start()
@@ -1020,6 +1035,7 @@ async fn start_skynet(root: &Path, s: &Settings) -> Result<(SkynetCluster, Node,
     let client = Node::builder()
         .name("bench-client")
         .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .config(rpc_config()?)
         .development_credentials(&cluster.creds)
         .store(StoreConfig::client(seeds))
         .start()
