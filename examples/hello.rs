@@ -17,36 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
-use skynet::{Node, ServiceError};
-
-/// What `hello` takes.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct HelloRequest {
-    /// Who to greet.
-    pub name: String,
-}
-
-/// What `hello` answers.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct HelloResponse {
-    /// The greeting.
-    pub greeting: String,
-    /// Which process answered.
-    pub served_by: u32,
-}
-
-/// Greets whoever asks.
-#[skynet::service(version = "1.0.0", idempotent)]
-async fn hello(req: HelloRequest) -> Result<HelloResponse, ServiceError> {
-    if req.name.trim().is_empty() {
-        return Err(ServiceError::new("a name is required").with_code("invalid_argument"));
-    }
-    Ok(HelloResponse {
-        greeting: format!("Hello {}", req.name),
-        served_by: std::process::id(),
-    })
-}
+use skynet::Node;
+use skynet_examples::{HelloRequest, hello};
 
 fn credentials_dir() -> PathBuf {
     std::env::temp_dir().join("skynet-example-hello")

@@ -260,6 +260,11 @@ fn client(service: &Service, vis: &Visibility, cfgs: &[&Attribute]) -> TokenStre
                 Self { inner: self.inner.with_deadline(deadline) }
             }
 
+            /// Calls only instances whose version matches `requirement`.
+            pub fn with_version(self, requirement: #p::VersionReq) -> Self {
+                Self { inner: self.inner.with_version(requirement) }
+            }
+
             /// Encodes remote calls with `encoding` (default bincode).
             pub fn with_encoding(self, encoding: #p::Encoding) -> Self {
                 Self { inner: self.inner.with_encoding(encoding) }

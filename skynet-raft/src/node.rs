@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
-use openraft::{Config, Raft, ServerState};
+use openraft::{ChangeMembers, Config, Raft, ServerState};
 
 use crate::lease::{KeepAliveError, LeaseClock};
 use crate::network::{NetworkFactory, NodeId, RpcHandler, Transport};
@@ -174,6 +174,11 @@ pub struct NodeMetrics {
     pub last_applied: Option<u64>,
     /// Voting members of the effective configuration.
     pub voters: BTreeSet<NodeId>,
+    /// Non-voting members (learners) of the effective configuration.
+    pub learners: BTreeSet<NodeId>,
+    /// On the leader only: for every other member, the index of the last log entry it is known to
+    /// hold (`None` inside: nothing confirmed yet). How far behind a learner is, before promoting it.
+    pub replication: Option<BTreeMap<NodeId, Option<u64>>>,
     /// Last log index covered by this member's current snapshot.
     pub snapshot: Option<u64>,
     /// Last log index purged from this member's log.
@@ -189,6 +194,12 @@ impl NodeMetrics {
             last_log_index: m.last_log_index,
             last_applied: m.last_applied.map(|l| l.index),
             voters: m.membership_config.membership().voter_ids().collect(),
+            learners: m.membership_config.membership().learner_ids().collect(),
+            replication: m.replication.as_ref().map(|r| {
+                r.iter()
+                    .map(|(id, matched)| (*id, matched.map(|l| l.index)))
+                    .collect()
+            }),
             snapshot: m.snapshot.map(|l| l.index),
             purged: m.purged.map(|l| l.index),
         }
@@ -486,6 +497,28 @@ impl RaftNode {
     pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), RaftNodeError> {
         self.raft
             .change_membership(voters, false)
+            .await
+            .map_err(RaftNodeError::from_write)?;
+        Ok(())
+    }
+
+    /// Like [`Self::change_membership`], but voters dropped from the set stay on as learners: a
+    /// demoted member keeps receiving the log and can be promoted again.
+    pub async fn change_membership_retaining(
+        &self,
+        voters: BTreeSet<NodeId>,
+    ) -> Result<(), RaftNodeError> {
+        self.raft
+            .change_membership(voters, true)
+            .await
+            .map_err(RaftNodeError::from_write)?;
+        Ok(())
+    }
+
+    /// Removes learners from the membership (a voter must be dropped from the voters first).
+    pub async fn remove_learners(&self, ids: BTreeSet<NodeId>) -> Result<(), RaftNodeError> {
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(ids), false)
             .await
             .map_err(RaftNodeError::from_write)?;
         Ok(())

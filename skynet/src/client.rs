@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
+use tracing::Instrument as _;
 
 use crate::balance;
 use crate::codec::{self, CodecError, Encoding};
@@ -16,6 +17,8 @@ use crate::peer::PeerError;
 use crate::registry::{Instance, Registry};
 use crate::server::panic_message;
 use crate::service::{Context, ServiceDef, Wire};
+use crate::stats::Outcome;
+use crate::trace::{self, TraceId};
 use crate::wire::{self, RequestHead, Status};
 
 /// Calls the methods of one service. Cheap to clone; the `with_*` and `at` methods return a
@@ -118,7 +121,18 @@ impl ServiceClient {
 
     /// Calls `method` with a typed request. Dropping the returned future cancels the call,
     /// here and on the serving node.
+    ///
+    /// The call carries the [`TraceId`] in scope (inside a handler: the served call's), or a
+    /// new one, and runs in a `skynet.call` span.
     pub async fn call<Req: Wire, Resp: Wire, Err: Wire>(
+        &self,
+        method: &str,
+        request: Req,
+    ) -> Result<Resp, CallError<Err>> {
+        traced(&self.service, method, self.call_untraced(method, request)).await
+    }
+
+    async fn call_untraced<Req: Wire, Resp: Wire, Err: Wire>(
         &self,
         method: &str,
         request: Req,
@@ -150,8 +164,21 @@ impl ServiceClient {
 
     /// Calls `method` with a JSON request and returns the JSON response, for callers that do
     /// not know the service's types (routers, initiators, tools). The service decodes JSON into
-    /// its own types.
+    /// its own types. Traced as [`ServiceClient::call`] is.
     pub async fn call_json(
+        &self,
+        method: &str,
+        request: &serde_json::Value,
+    ) -> Result<serde_json::Value, CallError<serde_json::Value>> {
+        traced(
+            &self.service,
+            method,
+            self.call_json_untraced(method, request),
+        )
+        .await
+    }
+
+    async fn call_json_untraced(
         &self,
         method: &str,
         request: &serde_json::Value,
@@ -285,8 +312,10 @@ impl ServiceClient {
             service: self.service.to_string(),
             method: method.to_owned(),
         })?;
-        let at = Instant::now() + deadline;
-        let ctx = Context::new(0, Some(at), false);
+        let now = Instant::now();
+        let at = now + deadline;
+        let trace = TraceId::current_or_random();
+        let ctx = Context::new(0, Some(at), false, trace);
         let fut = match entry.handler.call_local(ctx, Box::new(request)) {
             Ok(fut) => fut,
             Err(request) => {
@@ -302,14 +331,20 @@ impl ServiceClient {
                 return decode_reply(&frame[wire::HEADER_LEN..], &self.service, method, deadline);
             }
         };
-        let reply = run_guarded(fut, at, deadline).await?;
-        match reply.downcast::<Result<Resp, Err>>() {
-            Ok(result) => (*result).map_err(CallError::Service),
-            Err(_) => Err(CallError::Protocol(format!(
-                "{}.{method}: response or error type differs from the service's",
-                self.service
-            ))),
-        }
+        let span = trace::serve_span(&self.service, method, 0, trace);
+        let stats = entry.stats.start_at(now, span.clone());
+        let result = run_guarded(fut, at, deadline)
+            .instrument(span)
+            .await
+            .and_then(|reply| match reply.downcast::<Result<Resp, Err>>() {
+                Ok(result) => (*result).map_err(CallError::Service),
+                Err(_) => Err(CallError::Protocol(format!(
+                    "{}.{method}: response or error type differs from the service's",
+                    self.service
+                ))),
+            });
+        stats.finish(local_outcome(&result, |_| Outcome::Ok));
+        result
     }
 
     async fn call_local_encoded<E>(
@@ -324,13 +359,22 @@ impl ServiceClient {
             service: self.service.to_string(),
             method: method.to_owned(),
         })?;
-        let at = Instant::now() + deadline;
-        let ctx = Context::new(0, Some(at), false);
-        let fut = entry
-            .handler
-            .call_wire(ctx, encoding, payload)
-            .map_err(bad_request)?;
-        run_guarded(fut, at, deadline).await
+        let now = Instant::now();
+        let at = now + deadline;
+        let trace = TraceId::current_or_random();
+        let ctx = Context::new(0, Some(at), false, trace);
+        let span = trace::serve_span(&self.service, method, 0, trace);
+        let stats = entry.stats.start_at(now, span.clone());
+        let fut = match entry.handler.call_wire(ctx, encoding, payload) {
+            Ok(fut) => fut,
+            Err(e) => {
+                stats.finish(Outcome::BadRequest);
+                return Err(bad_request(e));
+            }
+        };
+        let result = run_guarded(fut, at, deadline).instrument(span).await;
+        stats.finish(local_outcome(&result, |frame| Outcome::of_frame(frame)));
+        result
     }
 
     /// Sends one request to `addr`; returns the response body.
@@ -361,6 +405,7 @@ impl ServiceClient {
             deadline: Some(deadline),
             service: &self.service,
             method,
+            trace_id: Some(TraceId::current_or_random()),
         };
         let body_len = wire::write_request(&mut frame, 0, &head, payload).map_err(bad_request)?;
         if body_len > config.max_frame_size {
@@ -399,6 +444,51 @@ impl ServiceClient {
             Ok(Ok(body)) => body,
         };
         Ok(body)
+    }
+}
+
+/// Runs an outgoing call with a trace id in scope (the caller's, or a new one) and in a
+/// `skynet.call` span that gets the outcome.
+async fn traced<T, E>(
+    service: &str,
+    method: &str,
+    call: impl Future<Output = Result<T, CallError<E>>>,
+) -> Result<T, CallError<E>> {
+    let trace = TraceId::current_or_random();
+    let span = trace::call_span(service, method, trace);
+    let result = trace.scope(call).instrument(span.clone()).await;
+    span.record("outcome", call_outcome(&result));
+    result
+}
+
+/// How a call ended, as the caller saw it, for its span.
+fn call_outcome<T, E>(result: &Result<T, CallError<E>>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(CallError::Service(_)) => "service_error",
+        Err(CallError::Unreachable { .. }) => "unreachable",
+        Err(CallError::ConnectionLost { .. }) => "connection_lost",
+        Err(CallError::DeadlineExceeded(_)) => "deadline_exceeded",
+        Err(CallError::NotFound { .. }) => "not_found",
+        Err(CallError::Rejected { .. }) => "rejected",
+        Err(CallError::Unavailable(_)) => "unavailable",
+        Err(CallError::NoInstance { .. }) => "no_instance",
+        Err(CallError::Internal(_)) => "internal",
+        Err(CallError::Protocol(_)) => "protocol",
+    }
+}
+
+/// The served outcome of a same-process call, for the method's statistics.
+fn local_outcome<T, E>(
+    result: &Result<T, CallError<E>>,
+    ok: impl FnOnce(&T) -> Outcome,
+) -> Outcome {
+    match result {
+        Ok(value) => ok(value),
+        Err(CallError::Service(_)) => Outcome::ServiceError,
+        Err(CallError::DeadlineExceeded(_)) => Outcome::DeadlineExceeded,
+        Err(CallError::Rejected { .. }) => Outcome::BadRequest,
+        Err(_) => Outcome::Internal,
     }
 }
 

@@ -152,4 +152,12 @@ pub enum NodeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The admin HTTP port could not be bound.
+    #[error("cannot bind the admin port {addr}: {source}")]
+    Admin {
+        /// The address tried.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }

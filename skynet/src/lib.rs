@@ -39,10 +39,14 @@
 //! - [`store`]: with [`NodeBuilder::store`] the node is a member of the replicated config store
 //!   (skynet-raft) and [`Node::store`] gives the KV, transaction, lease and watch API. Raft
 //!   traffic rides the same endpoint and credentials.
+//! - [`stats`]: every node counts the calls of each method it hosts ([`Node::stats`]) and,
+//!   with [`NodeBuilder::admin`], serves them over HTTP as `/debug/vars` and `/metrics`.
+//! - [`trace`]: every call carries a [`TraceId`] across hops, and runs in `tracing` spans.
 //! - [`tls`] creates the cluster CA and node certificates, or does it all in development mode.
 //! - [`wire`] and [`codec`] are the frame format and payload encodings (`docs/protocol.md`).
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
+mod admin;
 mod balance;
 mod client;
 pub mod codec;
@@ -53,8 +57,10 @@ mod peer;
 pub mod registry;
 mod server;
 mod service;
+pub mod stats;
 pub mod store;
 pub mod tls;
+pub mod trace;
 mod transport;
 pub mod wire;
 
@@ -64,10 +70,13 @@ pub use config::RpcConfig;
 pub use error::{CallError, NodeError, RejectReason};
 pub use node::{Node, NodeBuilder};
 pub use registry::{Instance, Registry};
+/// Version requirements for calls by name ([`ServiceClient::with_version`]).
+pub use semver::VersionReq;
 pub use service::{
     Context, IntoService, ServiceDef, ServiceDefBuilder, ServiceDefError, ServiceError, Wire,
 };
 pub use store::{Store, StoreConfig, StoreError};
+pub use trace::TraceId;
 pub use transport::Bind;
 
 /// Turns an async fn, or an `impl` block of async methods, into a service and a typed client.
@@ -128,6 +137,7 @@ pub mod __private {
     pub use crate::node::Node;
     pub use crate::service::{Context, IntoService, ServiceDef, ServiceDefError, Wire};
     pub use ::core;
+    pub use ::semver::VersionReq;
     pub use ::std;
 
     /// Compile-time check that a type can cross the wire; its span points at the user's type.

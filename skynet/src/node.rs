@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::{self, AdminServer};
 use crate::balance::{self, Balancer, Locality};
 use crate::client::ServiceClient;
 use crate::config::RpcConfig;
@@ -17,6 +18,7 @@ use crate::peer::Peers;
 use crate::registry::{self, Instance, Registration, RegistrationConfig, Registry};
 use crate::server::{self, InFlight, ServerState};
 use crate::service::{IntoService, ServiceDef, ServiceDefError};
+use crate::stats::StatsSnapshot;
 use crate::store::{self, ClientShared, Store, StoreCell, StoreConfig};
 use crate::tls::Credentials;
 use crate::transport::{self, Bind};
@@ -38,6 +40,7 @@ pub struct NodeBuilder {
     host: Option<String>,
     region: String,
     registration: RegistrationConfig,
+    admin: Option<SocketAddr>,
 }
 
 impl NodeBuilder {
@@ -117,6 +120,15 @@ impl NodeBuilder {
         self
     }
 
+    /// Serves the admin HTTP port on `addr` (TCP; port 0 picks a free one, see
+    /// [`Node::admin_addr`]): `GET /debug/vars` (JSON counters) and `GET /metrics`
+    /// (Prometheus). Plain HTTP without authentication: bind it to loopback or an operator
+    /// network. Default: no admin port.
+    pub fn admin(mut self, addr: SocketAddr) -> Self {
+        self.admin = Some(addr);
+        self
+    }
+
     /// Validates everything, binds the socket and starts serving. Must run inside a Tokio
     /// runtime.
     pub async fn start(self) -> Result<Node, NodeError> {
@@ -146,13 +158,22 @@ impl NodeBuilder {
         }
         let mut services = HashMap::new();
         for def in defs {
-            let def = def?;
+            let mut def = def?;
+            def.reset_stats();
             let name: Box<str> = def.name().into();
             if services.contains_key(&name) {
                 return Err(NodeError::DuplicateService(name.into()));
             }
             services.insert(name, def);
         }
+        let admin_port = match self.admin {
+            Some(addr) => Some(
+                admin::bind(addr)
+                    .await
+                    .map_err(|source| NodeError::Admin { addr, source })?,
+            ),
+            None => None,
+        };
         let endpoint = transport::endpoint(&credentials, &self.config, &self.bind)?;
         let addr = endpoint.local_addr().map_err(|source| NodeError::Bind {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -166,6 +187,13 @@ impl NodeBuilder {
             closing: CancellationToken::new(),
             writers: TaskTracker::new(),
         });
+        let admin = match (admin_port, self.admin) {
+            (Some(port), Some(addr)) => Some(
+                port.serve(&self.name, services.clone())
+                    .map_err(|source| NodeError::Admin { addr, source })?,
+            ),
+            _ => None,
+        };
         tokio::spawn(server::accept_loop(endpoint.clone(), server.clone()));
         tracing::info!(name = %self.name, %addr, services = services.len(), "node started");
         let locality = Locality {
@@ -190,6 +218,7 @@ impl NodeBuilder {
                 registration_config: self.registration,
                 registration: OnceLock::new(),
                 background: CancellationToken::new(),
+                admin,
             }),
         };
         if let Some(config) = member
@@ -263,6 +292,7 @@ pub(crate) struct NodeInner {
     registration: OnceLock<Arc<Registration>>,
     /// Ends the node's background tasks (registry view, probes) at shutdown.
     background: CancellationToken,
+    admin: Option<AdminServer>,
 }
 
 /// A node that does not keep it running: held by parts of the node itself (the store's Raft
@@ -299,6 +329,7 @@ impl Node {
             host: None,
             region: "unknown".to_owned(),
             registration: RegistrationConfig::default(),
+            admin: None,
         }
     }
 
@@ -315,6 +346,17 @@ impl Node {
     /// The transport settings in force.
     pub fn config(&self) -> &RpcConfig {
         &self.inner.config
+    }
+
+    /// The address of the admin HTTP port, if [`NodeBuilder::admin`] asked for one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner.admin.as_ref().map(AdminServer::addr)
+    }
+
+    /// The call statistics of every method this node hosts, counted for remote and
+    /// same-process calls alike.
+    pub fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot::of(&self.inner.services)
     }
 
     /// A client for `service`, by name. Generated clients wrap one of these.
@@ -391,7 +433,7 @@ impl Node {
         let records: Vec<Instance> = inner
             .services
             .values()
-            .filter(|def| !def.name().starts_with("skynet."))
+            .filter(|def| !store::is_internal(def.name()))
             .map(|def| self.instance_record(def))
             .collect();
         if records.is_empty() {
@@ -505,6 +547,9 @@ impl Node {
         // The close frames are sent by now; waiting out the draining period only absorbs
         // stray packets, and a peer that vanished first would make it take the idle timeout.
         let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
+        if let Some(admin) = &inner.admin {
+            admin.shutdown().await;
+        }
         tracing::info!(name = %inner.name, "node stopped");
     }
 }

@@ -19,10 +19,13 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::config::RpcConfig;
 use crate::peer::IdMap;
 use crate::service::{Context, ServiceDef};
+use crate::stats::Outcome;
+use crate::trace::{self, TraceId};
 use crate::transport::{Incoming, read_frame};
 use crate::wire::{self, FrameKind, Status};
 
@@ -301,12 +304,21 @@ fn dispatch(
         return replies.message(id, Status::Unavailable, "too many concurrent calls");
     }
     let slot = Slot(conn.clone());
-    let deadline = head.deadline.map(|d| Instant::now() + d);
-    let ctx = Context::new(id, deadline, true);
+    let now = Instant::now();
+    let deadline = head.deadline.map(|d| now + d);
+    // A caller of protocol version 1 sends no trace id: the chain starts here.
+    let trace = head.trace_id.unwrap_or_else(TraceId::random);
+    let ctx = Context::new(id, deadline, true, trace);
+    let span = trace::serve_span(head.service, head.method, id, trace);
+    let stats = method.stats.start_at(now, span.clone());
     let handler = match method.handler.call_wire(ctx, head.encoding, payload) {
         Ok(fut) => fut,
-        Err(e) => return replies.message(id, Status::BadRequest, &e.to_string()),
+        Err(e) => {
+            stats.finish(Outcome::BadRequest);
+            return replies.message(id, Status::BadRequest, &e.to_string());
+        }
     };
+    let handler = handler.instrument(span);
     // Hybrid dispatch: one inline poll. A no-op waker is enough because a call that is not
     // ready is handed to a task, whose first poll registers the real waker. A call that
     // finishes here never arms its deadline timer: that is most calls, and it saves a timer
@@ -314,23 +326,29 @@ fn dispatch(
     let mut handler = AssertUnwindSafe(handler).catch_unwind();
     let mut cx = std::task::Context::from_waker(Waker::noop());
     if let Poll::Ready(outcome) = Pin::new(&mut handler).poll(&mut cx) {
-        replies.push(reply_frame(id, outcome), guard);
+        let (frame, outcome) = reply_frame(id, outcome);
+        stats.finish(outcome);
+        replies.push(frame, guard);
         drop(slot);
         return;
     }
+    // Aborting the task (cancel frame, lost connection) drops this guard: counted cancelled.
+    let stats = stats.into_shared(&method.stats);
     let call = async move {
-        match deadline {
+        let (frame, outcome) = match deadline {
             Some(at) => match tokio::time::timeout_at(at.into(), handler).await {
                 Ok(outcome) => reply_frame(id, outcome),
                 Err(_) => {
                     let mut frame = Vec::new();
                     let message = "deadline passed while the handler ran";
                     wire::write_response_message(&mut frame, id, Status::DeadlineExceeded, message);
-                    frame
+                    (frame, Outcome::DeadlineExceeded)
                 }
             },
             None => reply_frame(id, handler.await),
-        }
+        };
+        stats.finish(outcome);
+        frame
     };
     let tx = replies.tx.clone();
     let state = state.clone();
@@ -364,16 +382,23 @@ impl InFlight {
     }
 }
 
-/// The reply for a handler that finished: its own frame, or `Internal` if it panicked.
-fn reply_frame(id: u64, outcome: std::thread::Result<Vec<u8>>) -> Vec<u8> {
-    outcome.unwrap_or_else(|panic| {
-        let what = panic_message(&*panic);
-        tracing::error!(request_id = id, panic = %what, "handler panicked");
-        let mut frame = Vec::new();
-        let message = format!("handler panicked: {what}");
-        wire::write_response_message(&mut frame, id, Status::Internal, &message);
-        frame
-    })
+/// The reply for a handler that finished, and its outcome: its own frame, or `Internal` if it
+/// panicked.
+fn reply_frame(id: u64, outcome: std::thread::Result<Vec<u8>>) -> (Vec<u8>, Outcome) {
+    match outcome {
+        Ok(frame) => {
+            let outcome = Outcome::of_frame(&frame);
+            (frame, outcome)
+        }
+        Err(panic) => {
+            let what = panic_message(&*panic);
+            tracing::error!(request_id = id, panic = %what, "handler panicked");
+            let mut frame = Vec::new();
+            let message = format!("handler panicked: {what}");
+            wire::write_response_message(&mut frame, id, Status::Internal, &message);
+            (frame, Outcome::Internal)
+        }
+    }
 }
 
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -33,6 +33,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError, Encoding};
+use crate::stats::MethodStats;
+use crate::trace::TraceId;
 use crate::wire::{self, MAX_NAME_LEN, Status};
 
 /// A type that can cross the wire: every request, response and error type of a service.
@@ -51,15 +53,28 @@ pub struct Context {
     request_id: u64,
     deadline: Option<Instant>,
     remote: bool,
+    trace_id: TraceId,
 }
 
 impl Context {
-    pub(crate) fn new(request_id: u64, deadline: Option<Instant>, remote: bool) -> Self {
+    pub(crate) fn new(
+        request_id: u64,
+        deadline: Option<Instant>,
+        remote: bool,
+        trace_id: TraceId,
+    ) -> Self {
         Self {
             request_id,
             deadline,
             remote,
+            trace_id,
         }
+    }
+
+    /// The id of the chain of calls this call belongs to, as the caller sent it (a new one if
+    /// it sent none). Calls the handler makes carry it too; see [`TraceId`].
+    pub fn trace_id(&self) -> TraceId {
+        self.trace_id
     }
 
     /// The caller's id for this call, unique per connection; use it to correlate logs.
@@ -167,6 +182,8 @@ pub struct ServiceDef {
 pub(crate) struct MethodEntry {
     pub(crate) idempotent: bool,
     pub(crate) handler: Arc<dyn ErasedHandler>,
+    /// This method's counters on the node that hosts it (see [`ServiceDef::reset_stats`]).
+    pub(crate) stats: Arc<MethodStats>,
 }
 
 impl fmt::Debug for ServiceDef {
@@ -213,6 +230,18 @@ impl ServiceDef {
 
     pub(crate) fn method(&self, method: &str) -> Option<&MethodEntry> {
         self.methods.get(method)
+    }
+
+    /// Gives every method counters of its own. A node calls it on the definitions it hosts,
+    /// because clones of one definition share counters and may be hosted by several nodes.
+    pub(crate) fn reset_stats(&mut self) {
+        for entry in self.methods.values_mut() {
+            entry.stats = Arc::default();
+        }
+    }
+
+    pub(crate) fn method_stats(&self) -> impl Iterator<Item = (&str, &MethodStats)> {
+        self.methods.iter().map(|(name, m)| (&**name, &*m.stats))
     }
 }
 
@@ -276,6 +305,7 @@ impl ServiceDefBuilder {
             MethodEntry {
                 idempotent,
                 handler,
+                stats: Arc::default(),
             },
         ));
         self
@@ -333,7 +363,9 @@ pub(crate) type LocalReply = Box<dyn Any + Send>;
 /// A method with its types erased, so one table can hold every method of every service.
 pub(crate) trait ErasedHandler: Send + Sync {
     /// Decodes `payload` and starts the handler. The future yields a complete response frame
-    /// (status, encoding and encoded value) for call `id`, in the request's encoding.
+    /// (status, encoding and encoded value) for call `id`, in the request's encoding. Both
+    /// kinds of call run with the context's trace id in scope, so the handler's own calls
+    /// carry it.
     fn call_wire(
         &self,
         ctx: Context,
@@ -371,11 +403,13 @@ where
     ) -> Result<BoxFuture<Vec<u8>>, CodecError> {
         let request: Req = codec::decode(encoding, payload)?;
         let id = ctx.request_id();
+        let trace = ctx.trace_id();
         let fut = (self.f)(ctx, request);
-        Ok(Box::pin(async move {
+        // Inside the box, so the future stays `Unpin` for the server's inline poll.
+        Ok(Box::pin(trace.scope(async move {
             let result = fut.await;
             encode_reply(id, encoding, &result)
-        }))
+        })))
     }
 
     fn call_local(
@@ -384,8 +418,11 @@ where
         request: Box<dyn Any + Send>,
     ) -> Result<BoxFuture<LocalReply>, Box<dyn Any + Send>> {
         let request = request.downcast::<Req>()?;
+        let trace = ctx.trace_id();
         let fut = (self.f)(ctx, *request);
-        Ok(Box::pin(async move { Box::new(fut.await) as LocalReply }))
+        Ok(Box::pin(
+            trace.scope(async move { Box::new(fut.await) as LocalReply }),
+        ))
     }
 }
 
@@ -459,7 +496,7 @@ mod tests {
         let def = echo().build().expect("def");
         let method = def.method("say").expect("method");
         let payload = codec::encode(Encoding::Json, "hi").expect("encode");
-        let ctx = Context::new(5, None, true);
+        let ctx = Context::new(5, None, true, TraceId::from_u128(5));
         let frame = method
             .handler
             .call_wire(ctx.clone(), Encoding::Json, &payload)

@@ -12,6 +12,8 @@
 //!   reads, lease keep-alives, joins). Any member accepts them through [`Store`] and forwards them
 //!   to the leader it knows of.
 //!
+//! Membership (joins, removals, replacing voters that stopped answering) is in [`membership`].
+//!
 //! openraft types never appear here; the key-value types ([`KeyValue`], [`Event`], [`Txn`], ...)
 //! are skynet-raft's plain serde types.
 
@@ -30,10 +32,19 @@ use crate::error::CallError;
 use crate::node::{Node, WeakNode};
 use crate::service::{Context, ServiceDef, ServiceDefError, ServiceError};
 
+mod membership;
+use membership::{Health, Removal, View};
+
 pub use skynet_raft::state::{
     Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, LeaseId, Op, OpResponse,
     Outcome, Revision, Txn,
 };
+
+/// Whether `service` is one of the store's own services, which are not registered: every
+/// member hosts them and they are reached by address.
+pub(crate) fn is_internal(service: &str) -> bool {
+    service == RAFT_SERVICE || service == STORE_SERVICE
+}
 
 /// Name of the internal service carrying Raft traffic.
 pub(crate) const RAFT_SERVICE: &str = "skynet.raft";
@@ -55,9 +66,10 @@ const MAX_HOPS: usize = 4;
 /// Longest a member holds a watch poll open when nothing changes.
 const MAX_WATCH_WAIT: Duration = Duration::from_secs(30);
 /// How long a client's watch poll waits before asking again (below `MAX_WATCH_WAIT`). It
-/// also bounds how long a watch sits on a member that died silently, unless the client's other
-/// requests notice first.
-const WATCH_WAIT: Duration = Duration::from_secs(3);
+/// also bounds, with the half-second margin of the poll's deadline, how long a watch sits on a
+/// member that died silently, unless the client's other requests notice first. An idle watch
+/// costs one small request a second.
+const WATCH_WAIT: Duration = Duration::from_secs(1);
 /// A watch reply stops adding events past this many bytes (at a revision boundary), far below
 /// the frame limit: a watcher that is far behind catches up in several replies.
 const MAX_WATCH_BATCH_BYTES: usize = 1 << 20;
@@ -245,6 +257,12 @@ enum Request {
     },
     /// Whom this member follows; answered by any member, leader or not.
     Leader,
+    /// Takes a member out of the cluster (leader only).
+    Remove {
+        id: u64,
+    },
+    /// The answering member's own view of the cluster (any member; never forwarded).
+    Status,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -255,6 +273,8 @@ enum Reply {
     Ttl(Duration),
     Joined,
     Leader(Option<String>),
+    Removed,
+    Status(StoreStatus),
 }
 
 /// Why the member asked could not serve a request.
@@ -322,10 +342,13 @@ fn cap_batch(events: &mut Vec<Event>) {
 pub(crate) struct StoreShared {
     raft: RaftNode,
     config: StoreConfig,
-    /// Joins run one at a time on the leader: membership changes cannot overlap.
+    /// Joins, removals and voter replacements run one at a time on the leader: membership
+    /// changes cannot overlap.
     join_lock: tokio::sync::Mutex<()>,
+    /// When each peer last answered this member's Raft messages (from the transport).
+    health: Arc<Health>,
     /// Cancelled when the member stops, so that long polls end at once rather than holding up
-    /// the node's drain.
+    /// the node's drain, and the voter-keeping loop ends.
     stopping: tokio_util::sync::CancellationToken,
 }
 
@@ -398,6 +421,29 @@ impl StoreShared {
                 }
                 Ok(Reply::Joined)
             }
+            Request::Remove { id } => {
+                let _one_at_a_time = self.join_lock.lock().await;
+                // Confirms with a quorum that this member leads (or names the leader).
+                raft.linearizable_read(|_| ())
+                    .await
+                    .map_err(Refusal::from_raft)?;
+                let view = View::on_leader(
+                    &raft.metrics(),
+                    &self.health,
+                    self.config.voters,
+                    Instant::now(),
+                );
+                let removal = membership::removal(&view, id)
+                    .map_err(|reason| Refusal::Failed(StoreError::Membership(reason)))?;
+                tracing::info!(id, ?removal, "removing a member");
+                match removal {
+                    Removal::Voter(next) => raft.change_membership(next).await,
+                    Removal::Learner => raft.remove_learners([id].into()).await,
+                }
+                .map_err(Refusal::from_raft)?;
+                Ok(Reply::Removed)
+            }
+            Request::Status => Ok(Reply::Status(StoreStatus::from_metrics(&raft.metrics()))),
         }
     }
 }
@@ -447,6 +493,7 @@ pub(crate) fn services(cell: &StoreCell) -> Result<Vec<ServiceDef>, ServiceDefEr
 /// Raft traffic over the node's endpoint: each message is a call to `skynet.raft`.
 struct QuicTransport {
     node: WeakNode,
+    health: Arc<Health>,
 }
 
 impl Transport for QuicTransport {
@@ -472,19 +519,23 @@ impl Transport for QuicTransport {
             RpcKind::Snapshot => ("snapshot", SNAPSHOT_DEADLINE),
             _ => ("append_entries", RAFT_RPC_DEADLINE),
         };
-        node.client(RAFT_SERVICE)
+        let reply = node
+            .client(RAFT_SERVICE)
             .at(to)
             .with_deadline(deadline)
             .call::<Vec<u8>, Vec<u8>, ServiceError>(method, request)
-            .await
-            .map_err(|e| match e {
-                CallError::Unreachable { reason, .. } => unreachable(reason),
-                CallError::Unavailable(reason) => unreachable(reason),
-                other => TransportError::Failed {
-                    node: target,
-                    reason: other.to_string(),
-                },
-            })
+            .await;
+        if reply.is_ok() {
+            self.health.answered(target);
+        }
+        reply.map_err(|e| match e {
+            CallError::Unreachable { reason, .. } => unreachable(reason),
+            CallError::Unavailable(reason) => unreachable(reason),
+            other => TransportError::Failed {
+                node: target,
+                reason: other.to_string(),
+            },
+        })
     }
 }
 
@@ -540,8 +591,10 @@ pub(crate) async fn start(
         ));
     };
     let id = node_id(&data_dir)?;
+    let health = Arc::new(Health::default());
     let transport = QuicTransport {
         node: node.downgrade(),
+        health: health.clone(),
     };
     let raft = RaftNode::start(
         id,
@@ -555,6 +608,7 @@ pub(crate) async fn start(
         raft,
         config,
         join_lock: tokio::sync::Mutex::new(()),
+        health,
         stopping: tokio_util::sync::CancellationToken::new(),
     });
     if cell.set(shared.clone()).is_err() {
@@ -578,6 +632,10 @@ pub(crate) async fn start(
         .wait_for_leader(timeout, |_| true)
         .await
         .map_err(StoreError::from_raft)?;
+    tokio::spawn(membership::keep_voters(
+        Arc::downgrade(&shared),
+        shared.stopping.clone(),
+    ));
     tracing::info!(id, addr = %node.local_addr(), "config store member started");
     Ok(())
 }
@@ -733,7 +791,7 @@ impl std::fmt::Debug for Store {
 }
 
 /// A member's view of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct StoreStatus {
     /// This member's id.
@@ -744,6 +802,8 @@ pub struct StoreStatus {
     pub term: u64,
     /// The voting members.
     pub voters: BTreeSet<u64>,
+    /// The non-voting members (learners): joined beyond the voter count, or demoted.
+    pub learners: BTreeSet<u64>,
 }
 
 impl StoreStatus {
@@ -753,6 +813,7 @@ impl StoreStatus {
             leader: m.leader,
             term: m.term,
             voters: m.voters.clone(),
+            learners: m.learners.clone(),
         }
     }
 }
@@ -911,9 +972,13 @@ impl Store {
     ) -> Result<Reply, Refusal> {
         // A write that reached a member which then stopped may or may not have been proposed;
         // anything else is safe to send again to the next leader.
-        let is_write = matches!(req, Request::Write(_));
-        // A join legitimately waits for the whole catch-up of the new member.
-        let watch_leader = !matches!(req, Request::Join { .. } | Request::Leader);
+        let is_write = matches!(req, Request::Write(_) | Request::Remove { .. });
+        // A join legitimately waits for the whole catch-up of the new member; a status is the
+        // asked member's own answer, whoever leads.
+        let watch_leader = !matches!(
+            req,
+            Request::Join { .. } | Request::Leader | Request::Status
+        );
         let lost = |reason: String| {
             if is_write {
                 Refusal::Failed(StoreError::Indeterminate(reason))
@@ -1047,6 +1112,36 @@ impl Store {
     pub fn status(&self) -> Option<StoreStatus> {
         let shared = self.replica("a status").ok()?;
         Some(StoreStatus::from_metrics(&shared.raft.metrics()))
+    }
+
+    /// Asks the member at `member` for its own view of the cluster: its id, the leader it
+    /// follows, the voters and learners. Any node with the cluster credentials may ask.
+    pub async fn member_status(&self, member: SocketAddr) -> Result<StoreStatus, StoreError> {
+        match self
+            .remote(member, Request::Status, self.config().timeout)
+            .await
+        {
+            Ok(Reply::Status(status)) => Ok(status),
+            Ok(other) => Err(unexpected(&other)),
+            Err(Refusal::Failed(e)) => Err(e),
+            Err(Refusal::Unreachable(reason)) => Err(StoreError::Unreachable(reason)),
+            Err(e @ (Refusal::NotReady(_) | Refusal::NotLeader { .. })) => {
+                Err(StoreError::Remote(e.to_string()))
+            }
+        }
+    }
+
+    /// Takes member `id` (a voter or a learner) out of the cluster, through the leader. Refused
+    /// if it is not a member, or if the voters left would not have an answering majority. The
+    /// leader then fills the seat from a caught-up learner, if there is one.
+    pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
+        match self
+            .execute(Request::Remove { id }, self.config().timeout)
+            .await?
+        {
+            Reply::Removed => Ok(()),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Waits until this member's view of the cluster satisfies `accept`, and returns it.
@@ -1269,7 +1364,7 @@ impl ClientWatch {
                 .node
                 .client(STORE_SERVICE)
                 .at(target)
-                .with_deadline(WATCH_WAIT + WATCH_WAIT / 2);
+                .with_deadline(WATCH_WAIT + Duration::from_millis(500));
             let call = client.call::<WatchPoll, WatchBatch, Refusal>(WATCH, poll);
             let reply = tokio::select! {
                 reply = call => reply,

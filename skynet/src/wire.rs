@@ -15,9 +15,15 @@
 use std::time::Duration;
 
 use crate::codec::Encoding;
+use crate::trace::TraceId;
 
-/// Protocol version carried in every request body.
-pub const VERSION: u8 = 1;
+/// The newest request body version, carried in every request body. Version 2 adds a flags
+/// byte and an optional trace id to version 1's head.
+pub const VERSION: u8 = 2;
+/// The oldest request body version still accepted.
+pub const MIN_VERSION: u8 = 1;
+/// Version 2 flag: a 16-byte trace id follows the flags byte.
+const FLAG_TRACE_ID: u8 = 0x01;
 /// Bytes in a frame header (length, kind, id).
 pub const HEADER_LEN: usize = 13;
 /// The smallest legal value of the length field (kind + id).
@@ -141,6 +147,9 @@ pub struct RequestHead<'a> {
     pub service: &'a str,
     /// Method name, 1 to 255 bytes of UTF-8.
     pub method: &'a str,
+    /// The chain of calls this call belongs to. A head without one is written as version 1,
+    /// which every version of the protocol reads.
+    pub trace_id: Option<TraceId>,
 }
 
 /// A request body that cannot be accepted.
@@ -153,6 +162,9 @@ pub enum RequestError {
     /// A protocol version this side does not speak.
     #[error("unsupported protocol version {0}")]
     Version(u8),
+    /// Flag bits this side does not know, so it cannot tell where the names start.
+    #[error("unknown request flags {0:#04x}")]
+    Flags(u8),
     /// An encoding byte this side does not know.
     #[error("unknown payload encoding {0}")]
     Encoding(u8),
@@ -174,12 +186,16 @@ pub fn write_request<E>(
 ) -> Result<usize, E> {
     debug_assert!(head.service.len() <= MAX_NAME_LEN && head.method.len() <= MAX_NAME_LEN);
     let start = start_frame(out, FrameKind::Request, id);
-    out.push(VERSION);
+    out.push(if head.trace_id.is_some() { 2 } else { 1 });
     out.push(head.encoding.to_wire());
     let micros = head.deadline.map_or(0, |d| {
         u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
     });
     out.extend_from_slice(&micros.to_be_bytes());
+    if let Some(trace) = head.trace_id {
+        out.push(FLAG_TRACE_ID);
+        out.extend_from_slice(&trace.as_u128().to_be_bytes());
+    }
     for name in [head.service, head.method] {
         out.push(name.len() as u8);
         out.extend_from_slice(name.as_bytes());
@@ -200,15 +216,30 @@ pub fn parse_request(body: &[u8]) -> Result<(RequestHead<'_>, &[u8]), RequestErr
     let [version, encoding, rest @ ..] = body else {
         return Err(RequestError::Truncated);
     };
-    if *version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(version) {
         return Err(RequestError::Version(*version));
     }
     let encoding = Encoding::from_wire(*encoding).ok_or(RequestError::Encoding(*encoding))?;
-    let (micros, rest) = rest.split_at_checked(8).ok_or(RequestError::Truncated)?;
-    let mut raw = [0u8; 8];
-    raw.copy_from_slice(micros);
-    let micros = u64::from_be_bytes(raw);
+    let (micros, mut rest) = rest
+        .split_first_chunk::<8>()
+        .ok_or(RequestError::Truncated)?;
+    let micros = u64::from_be_bytes(*micros);
     let deadline = (micros != 0).then(|| Duration::from_micros(micros));
+    let mut trace_id = None;
+    if *version >= 2 {
+        let (&flags, after) = rest.split_first().ok_or(RequestError::Truncated)?;
+        if flags & !FLAG_TRACE_ID != 0 {
+            return Err(RequestError::Flags(flags));
+        }
+        rest = after;
+        if flags & FLAG_TRACE_ID != 0 {
+            let (raw, after) = rest
+                .split_first_chunk::<16>()
+                .ok_or(RequestError::Truncated)?;
+            trace_id = Some(TraceId::from_u128(u128::from_be_bytes(*raw)));
+            rest = after;
+        }
+    }
     let (service, rest) = take_name(rest)?;
     let (method, payload) = take_name(rest)?;
     Ok((
@@ -217,6 +248,7 @@ pub fn parse_request(body: &[u8]) -> Result<(RequestHead<'_>, &[u8]), RequestErr
             deadline,
             service,
             method,
+            trace_id,
         },
         payload,
     ))
@@ -359,6 +391,7 @@ mod tests {
             deadline: Some(Duration::from_millis(1500)),
             service: "widgets",
             method: "get",
+            trace_id: None,
         };
         let mut out = Vec::new();
         let body_len = write_request::<()>(&mut out, 42, &head, |o| {
@@ -404,7 +437,8 @@ mod tests {
         h[4] = 99;
         assert_eq!(parse_header(&h, 10), Err(HeaderError::UnknownKind(99)));
         assert_eq!(parse_request(&[]), Err(RequestError::Truncated));
-        assert_eq!(parse_request(&[2, 0]), Err(RequestError::Version(2)));
+        assert_eq!(parse_request(&[3, 0]), Err(RequestError::Version(3)));
+        assert_eq!(parse_request(&[0, 0]), Err(RequestError::Version(0)));
         assert_eq!(parse_request(&[1, 9]), Err(RequestError::Encoding(9)));
         assert_eq!(parse_request(&[1, 0, 0]), Err(RequestError::Truncated));
         let mut body = vec![1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -423,6 +457,7 @@ mod tests {
             deadline: Some(Duration::ZERO),
             service: "s",
             method: "m",
+            trace_id: None,
         };
         let mut out = Vec::new();
         write_request::<()>(&mut out, 1, &head, |_| Ok(())).expect("write");
@@ -437,6 +472,7 @@ mod tests {
             deadline: Some(Duration::from_millis(1500)),
             service: "echo",
             method: "say",
+            trace_id: None,
         };
         let mut out = Vec::new();
         write_request::<()>(&mut out, 7, &head, |o| {
@@ -459,6 +495,67 @@ mod tests {
             &out[..15],
             &[0, 0, 0, 0x18, 2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 1]
         );
+    }
+
+    #[test]
+    fn trace_ids_ride_in_version_2_heads() {
+        let trace = TraceId::from_u128(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        let head = RequestHead {
+            encoding: Encoding::Json,
+            deadline: Some(Duration::from_millis(1500)),
+            service: "echo",
+            method: "say",
+            trace_id: Some(trace),
+        };
+        let mut out = Vec::new();
+        let body_len = write_request::<()>(&mut out, 7, &head, |o| {
+            o.extend_from_slice(br#""hi""#);
+            Ok(())
+        })
+        .expect("write");
+        // The example of docs/protocol.md: version 1's, plus the version, flags and trace id.
+        let expected: &[u8] = &[
+            0, 0, 0, 0x31, 1, 0, 0, 0, 0, 0, 0, 0, 7, 2, 1, 0, 0, 0, 0, 0, 0x16, 0xe3, 0x60, 1,
+            0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0x00, 0x11, 0x22, 0x33, 0x44, 0x55,
+            0x66, 0x77, 4, b'e', b'c', b'h', b'o', 3, b's', b'a', b'y', b'"', b'h', b'i', b'"',
+        ];
+        assert_eq!(out, expected);
+        assert_eq!(body_len, out.len() - HEADER_LEN);
+        let (parsed, payload) = parse_request(&out[HEADER_LEN..]).expect("parse");
+        assert_eq!(parsed, head);
+        assert_eq!(payload, br#""hi""#);
+
+        // Version 2 with no flag set carries no trace id.
+        let mut body = vec![2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, b's', 1, b'm'];
+        let (parsed, payload) = parse_request(&body).expect("parse");
+        assert_eq!(
+            (parsed.trace_id, parsed.service, parsed.method),
+            (None, "s", "m")
+        );
+        assert!(payload.is_empty());
+        body[10] = 0x02;
+        assert_eq!(parse_request(&body), Err(RequestError::Flags(0x02)));
+        body[10] = 0x01;
+        assert_eq!(parse_request(&body), Err(RequestError::Truncated));
+        assert_eq!(
+            parse_request(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(RequestError::Truncated)
+        );
+    }
+
+    #[test]
+    fn heads_without_a_trace_id_stay_version_1() {
+        let head = RequestHead {
+            encoding: Encoding::Bincode,
+            deadline: None,
+            service: "s",
+            method: "m",
+            trace_id: None,
+        };
+        let mut out = Vec::new();
+        write_request::<()>(&mut out, 1, &head, |_| Ok(())).expect("write");
+        assert_eq!(out[HEADER_LEN], 1);
+        assert_eq!(parse_request(&out[HEADER_LEN..]).expect("parse").0, head);
     }
 
     #[test]

@@ -1,0 +1,412 @@
+//! Calls by name through the registry against calls to a fixed address, and failover figures
+//! when an instance is killed with SIGKILL under load.
+//!
+//! ```not_rust
+//! cargo bench -p skynet-benches --bench registry
+//! ```
+//!
+//! Part one runs in one process: a config store member, three nodes hosting `echo`, and a
+//! caller, on one Tokio runtime with 2 workers. The caller calls `echo.call` by name (the
+//! registry view picks an instance by power of two choices) and, for comparison, at the
+//! address of one instance. Part two starts three instances as separate processes (this
+//! benchmark's own executable, re-run in a service role), keeps 16 callers calling by name,
+//! kills one instance with SIGKILL, and measures the calls that failed, the time until the
+//! caller's registry view dropped the instance, and the time from starting a replacement
+//! until it served a call.
+//!
+//! Settings (environment): `SKYNET_BENCH_SECS` (measured seconds per cell, default 2),
+//! `SKYNET_BENCH_ROUNDS` (default 3), `SKYNET_BENCH_KILLS` (failover repetitions, default 3).
+
+use std::collections::HashSet;
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
+use hdrhistogram::Histogram;
+use skynet::registry::Change;
+use skynet::{Node, NodeBuilder, ServiceClient, ServiceDef, ServiceError, StoreConfig};
+
+const COMMAND: &str = "cargo bench -p skynet-benches --bench registry";
+/// Set in the environment of the service processes this benchmark starts.
+const ROLE_ENV: &str = "SKYNET_BENCH_ROLE";
+const IN_FLIGHT: [usize; 2] = [1, 64];
+const WARMUP: Duration = Duration::from_millis(500);
+/// Callers during a failover run.
+const FAILOVER_CALLERS: usize = 16;
+
+fn main() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if let Ok(role) = std::env::var(ROLE_ENV) {
+        return runtime.block_on(serve(&role));
+    }
+    runtime.block_on(run())
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(v) => v.parse().map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// What the echo answers: the payload and the process that served it.
+type Echoed = (Vec<u8>, u32);
+
+/// The benchmark's service: echoes the payload with its process id; idempotent, so callers
+/// may retry it.
+fn echo() -> ServiceDef {
+    ServiceDef::builder("echo", "1.0.0")
+        .idempotent_method("call", |_, payload: Vec<u8>| async move {
+            Ok::<Echoed, ServiceError>((payload, std::process::id()))
+        })
+        .build()
+        .expect("a valid service")
+}
+
+async fn call(client: &ServiceClient, payload: Vec<u8>) -> Result<Echoed, skynet::CallError> {
+    client
+        .call::<Vec<u8>, Echoed, ServiceError>("call", payload)
+        .await
+}
+
+fn builder(name: &str, certs: &std::path::Path, seed: SocketAddr) -> NodeBuilder {
+    Node::builder()
+        .name(name)
+        .development_credentials(certs)
+        .store(StoreConfig::client(vec![seed]))
+}
+
+/// The service role: `SKYNET_BENCH_ROLE=service:<certs dir>:<seed addr>`. Prints the node's
+/// address and serves until killed or until stdin closes.
+async fn serve(role: &str) -> Result<()> {
+    let mut parts = role.splitn(3, ':');
+    ensure!(parts.next() == Some("service"), "unknown role {role:?}");
+    let certs = parts.next().context("certs dir")?;
+    let seed: SocketAddr = parts.next().context("seed")?.parse()?;
+    let node = builder("echo", std::path::Path::new(certs), seed)
+        .service(echo())
+        .start()
+        .await?;
+    println!("{} {}", node.local_addr(), std::process::id());
+    tokio::task::spawn_blocking(|| std::io::stdin().lines().count()).await?;
+    node.shutdown().await;
+    Ok(())
+}
+
+struct Sample {
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+async fn closed_loop(
+    client: &ServiceClient,
+    in_flight: usize,
+    measure: Duration,
+) -> Result<Sample> {
+    let measure_from = Instant::now() + WARMUP;
+    let stop_at = measure_from + measure;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3)?;
+            let payload = vec![7u8; 64];
+            loop {
+                let start = Instant::now();
+                if start >= stop_at {
+                    break;
+                }
+                let (reply, _) = call(&client, payload.clone()).await?;
+                ensure!(reply.len() == 64, "short echo");
+                if start >= measure_from {
+                    hist.saturating_record(u64::try_from(start.elapsed().as_nanos())?);
+                }
+            }
+            Ok::<_, anyhow::Error>(hist)
+        });
+    }
+    let mut total = Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3)?;
+    while let Some(joined) = tasks.join_next().await {
+        total.add(&joined??)?;
+    }
+    Ok(Sample {
+        rps: total.len() as f64 / measure.as_secs_f64(),
+        p50_us: total.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_us: total.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn run() -> Result<()> {
+    let measure = Duration::from_secs_f64(env_or("SKYNET_BENCH_SECS", 2.0)?);
+    let rounds: usize = env_or("SKYNET_BENCH_ROUNDS", 3)?;
+    let kills: usize = env_or("SKYNET_BENCH_KILLS", 3)?;
+    ensure!(rounds > 0 && kills > 0, "rounds and kills must be positive");
+    let certs = tempfile::tempdir()?;
+    let data = tempfile::tempdir()?;
+    let seed = Node::builder()
+        .name("store")
+        .development_credentials(certs.path())
+        .store(StoreConfig::bootstrap(data.path().join("store")))
+        .start()
+        .await?;
+    let seed_addr = seed.local_addr();
+
+    // Part one: by name against direct, in one process.
+    let mut instances = Vec::new();
+    for i in 0..3 {
+        instances.push(
+            builder(&format!("echo-{i}"), certs.path(), seed_addr)
+                .service(echo())
+                .start()
+                .await?,
+        );
+    }
+    let caller = builder("caller", certs.path(), seed_addr).start().await?;
+    let registry = caller.registry().context("registry")?;
+    registry
+        .wait_for(Duration::from_secs(20), |s| s.instances("echo").len() == 3)
+        .await
+        .context("three instances registered")?;
+    let by_name = caller.client("echo");
+    let direct = caller.client("echo").at(instances[0].local_addr());
+    let mut table = Vec::new();
+    for &n in &IN_FLIGHT {
+        let (mut named, mut fixed) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            // Alternate the order so neither always runs on a warmer machine.
+            let (a, b) = if round % 2 == 1 {
+                let a = closed_loop(&by_name, n, measure).await?;
+                (a, closed_loop(&direct, n, measure).await?)
+            } else {
+                let b = closed_loop(&direct, n, measure).await?;
+                (closed_loop(&by_name, n, measure).await?, b)
+            };
+            eprintln!(
+                "round {round}, {n} in flight: by name {:.0} req/s (p50 {:.1} µs), direct {:.0} req/s (p50 {:.1} µs)",
+                a.rps, a.p50_us, b.rps, b.p50_us
+            );
+            named.push(a);
+            fixed.push(b);
+        }
+        table.push((n, named, fixed));
+    }
+    for node in &instances {
+        node.shutdown().await;
+    }
+
+    // Part two: failover with processes.
+    let mut figures = Vec::new();
+    for kill in 1..=kills {
+        let f = failover(&caller, certs.path(), seed_addr).await?;
+        eprintln!(
+            "kill {kill}: {} of {} calls failed; culled after {:?}; replacement served {:?} after it started ({:?} after the kill)",
+            f.failed, f.calls, f.culled, f.replacement_served, f.replacement_from_kill
+        );
+        figures.push(f);
+    }
+    caller.shutdown().await;
+    seed.shutdown().await;
+
+    println!("## Registry: calls by name");
+    println!();
+    println!("Command: `{COMMAND}`");
+    println!(
+        "Settings: SKYNET_BENCH_SECS={} SKYNET_BENCH_ROUNDS={rounds} SKYNET_BENCH_KILLS={kills}; loopback; {} build; medians.",
+        measure.as_secs_f64(),
+        if cfg!(debug_assertions) {
+            "DEBUG"
+        } else {
+            "optimized"
+        }
+    );
+    println!();
+    println!(
+        "| in flight | by name req/s | p50 µs | p99 µs | direct req/s | p50 µs | p99 µs | by name / direct |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, named, fixed) in &table {
+        let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
+        let (nr, fr) = (m(named, |s| s.rps), m(fixed, |s| s.rps));
+        println!(
+            "| {n} | {nr:.0} | {:.1} | {:.1} | {fr:.0} | {:.1} | {:.1} | {:.3}x |",
+            m(named, |s| s.p50_us),
+            m(named, |s| s.p99_us),
+            m(fixed, |s| s.p50_us),
+            m(fixed, |s| s.p99_us),
+            nr / fr
+        );
+    }
+    println!();
+    println!(
+        "Failover: {FAILOVER_CALLERS} callers calling an idempotent method by name over three instance processes; one is killed with SIGKILL, then a replacement is started."
+    );
+    println!();
+    println!(
+        "| kill | calls | failed | culled after (ms) | replacement serving after start (ms) |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for (i, f) in figures.iter().enumerate() {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            i + 1,
+            f.calls,
+            f.failed,
+            f.culled.as_millis(),
+            f.replacement_served.as_millis()
+        );
+    }
+    Ok(())
+}
+
+/// One service process, killed with SIGKILL when dropped.
+struct Process {
+    child: Child,
+    addr: SocketAddr,
+    pid: u32,
+}
+
+impl Process {
+    fn start(certs: &std::path::Path, seed: SocketAddr) -> Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .env(ROLE_ENV, format!("service:{}:{seed}", certs.display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let line = BufReader::new(child.stdout.take().context("stdout")?)
+            .lines()
+            .next()
+            .context("the service process exited")??;
+        let (addr, pid) = line.split_once(' ').context("ready line")?;
+        Ok(Self {
+            child,
+            addr: addr.parse()?,
+            pid: pid.parse()?,
+        })
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Failover {
+    calls: u64,
+    failed: u64,
+    culled: Duration,
+    replacement_served: Duration,
+    replacement_from_kill: Duration,
+}
+
+async fn failover(caller: &Node, certs: &std::path::Path, seed: SocketAddr) -> Result<Failover> {
+    let registry = caller.registry().context("registry")?;
+    let mut procs = Vec::new();
+    for _ in 0..3 {
+        procs.push(Process::start(certs, seed)?);
+    }
+    let addrs: HashSet<SocketAddr> = procs.iter().map(|p| p.addr).collect();
+    registry
+        .wait_for(Duration::from_secs(20), |s| {
+            s.instances("echo")
+                .iter()
+                .map(|i| i.addr)
+                .collect::<HashSet<_>>()
+                == addrs
+        })
+        .await
+        .context("the instances registered")?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (calls, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let served_by = tokio::sync::watch::Sender::new(HashSet::<u32>::new());
+    let mut tasks = Vec::new();
+    for _ in 0..FAILOVER_CALLERS {
+        let (client, stop, calls, failed) = (
+            caller.client("echo"),
+            stop.clone(),
+            calls.clone(),
+            failed.clone(),
+        );
+        let served_by = served_by.clone();
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                calls.fetch_add(1, Ordering::Relaxed);
+                match call(&client, vec![1u8; 64]).await {
+                    Ok((_, pid)) => {
+                        served_by.send_if_modified(|s| s.insert(pid));
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let mut serving = served_by.subscribe();
+    let pids: Vec<u32> = procs.iter().map(|p| p.pid).collect();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        serving.wait_for(|s| pids.iter().all(|p| s.contains(p))),
+    )
+    .await
+    .context("every instance served")??;
+
+    let mut changes = registry.changes();
+    let mut victim = procs.remove(0);
+    let killed_at = Instant::now();
+    victim.child.kill()?;
+    victim.child.wait()?;
+    let gone = victim.addr;
+    let culled = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match changes.recv().await {
+                Ok(Change::Left(i)) if i.addr == gone => return Ok(killed_at.elapsed()),
+                Ok(_) => {}
+                Err(e) => return Err(anyhow::anyhow!("registry changes: {e}")),
+            }
+        }
+    })
+    .await
+    .context("the killed instance was never culled")??;
+
+    let started = Instant::now();
+    let replacement = Process::start(certs, seed)?;
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        serving.wait_for(|s| s.contains(&replacement.pid)),
+    )
+    .await
+    .context("the replacement served")??;
+    let replacement_served = started.elapsed();
+    let replacement_from_kill = killed_at.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await?;
+    }
+    drop((victim, procs, replacement));
+    Ok(Failover {
+        calls: calls.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        culled,
+        replacement_served,
+        replacement_from_kill,
+    })
+}

@@ -1,0 +1,88 @@
+//! `skynet`: run cluster processes from the command line.
+//!
+//! `skynet node` runs a plain config-store member; later roles (router, initiator, watcher, ...)
+//! become subcommands next to it. Parsing lives in `cli`, each subcommand's logic in its own
+//! module, and this file does the process-level I/O: logging, the runtime, the exit code.
+
+mod cli;
+mod hold_lease;
+mod node;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use crate::cli::{Cli, Command};
+
+/// Why a subcommand failed. Printed to stderr; the process exits with status 1.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+enum CliError {
+    /// The node could not be configured or started.
+    #[error(transparent)]
+    Node(#[from] skynet::NodeError),
+    /// A config store request failed.
+    #[error(transparent)]
+    Store(#[from] skynet::StoreError),
+    /// The log filter does not parse.
+    #[error("invalid --log-level {filter:?}: {reason}")]
+    LogFilter {
+        /// The filter given.
+        filter: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// The ready line could not be written.
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+    /// The signal handlers could not be installed.
+    #[error("cannot listen for signals: {0}")]
+    Signals(std::io::Error),
+    /// The async runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+fn main() -> ExitCode {
+    // clap prints its own errors (and --help) and exits with status 2.
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("skynet: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    init_logging(&cli.log_level)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Node(args) => node::run(args, &mut std::io::stdout()).await,
+            Command::HoldLease(args) => hold_lease::run(args, &mut std::io::stdout()).await,
+        }
+    })
+}
+
+/// Logs go to stderr, so stdout carries only machine-readable lines.
+fn init_logging(filter: &str) -> Result<(), CliError> {
+    let env_filter =
+        tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| CliError::LogFilter {
+            filter: filter.to_owned(),
+            reason: e.to_string(),
+        })?;
+    tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .try_init()
+        .map_err(|e| CliError::LogFilter {
+            filter: filter.to_owned(),
+            reason: e.to_string(),
+        })
+}
