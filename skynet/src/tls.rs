@@ -218,6 +218,22 @@ pub struct Credentials {
     key_pem: Arc<[u8]>,
 }
 
+impl Credentials {
+    /// A secret derived one-way from this node's private key, for keys that must survive a
+    /// restart of the same node (QUIC's stateless reset key).
+    pub(crate) fn derived_secret(&self, purpose: &str) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"skynet derived secret\0");
+        ctx.update(purpose.as_bytes());
+        ctx.update(b"\0");
+        ctx.update(self.key.secret_der());
+        let digest = ctx.finish();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials").finish_non_exhaustive()

@@ -72,8 +72,16 @@ pub(crate) fn endpoint(
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
+    // The stateless reset key is derived from the node's key rather than drawn at random, so a
+    // node restarted on the same address answers packets of its predecessor's connections with
+    // a reset its peers accept: they drop those connections at once and redial, instead of
+    // waiting out the idle timeout on a connection nobody serves.
+    let reset_key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &creds.derived_secret("quic stateless reset"),
+    );
     let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        quinn::EndpointConfig::new(Arc::new(reset_key)),
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),
