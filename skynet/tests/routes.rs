@@ -1,7 +1,7 @@
 //! Routes and routers on real nodes over QUIC on loopback: a route through several services
 //! (sync, async and skipped hops), edits while traffic flows, refused routes, unknown routes,
 //! hops without instances, the `skynet routes` subcommands, and `skynet router` processes, one
-//! of them killed with SIGKILL.
+//! of them killed with SIGKILL, one stopped with SIGTERM under load.
 //!
 //! Every wait is on an event (a registry or route table change, a reply, a ready line) with a
 //! timeout; child processes are killed when their guard drops.
@@ -582,6 +582,26 @@ impl RouterProc {
         Ok(guard)
     }
 
+    /// SIGTERM, then waits (bounded) for the exit status.
+    async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the router did not exit"
+            );
+            // Polling the exit status: std has no async wait for a child.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn kill_9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -669,6 +689,70 @@ async fn routers_as_processes_survive_one_killed_with_sigkill() -> TestResult {
         tokio::task::yield_now().await;
     }
 
+    drop(second);
+    for node in [caller, services, cluster.seed.clone()] {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_stopped_with_sigterm_under_load_fails_no_request() -> TestResult {
+    let cluster = Cluster::new().await?;
+    let (services, _audit) = cluster.services().await?;
+    let caller = cluster.caller().await?;
+    let logs = tempfile::tempdir()?;
+    let hello = Route::new("hello", vec![Hop::new("greet", "hello")]);
+    route::put(&cluster.store(), &hello).await?;
+    let mut first = RouterProc::start(&cluster, "router-1", logs.path()).await?;
+    let second = RouterProc::start(&cluster, "router-2", logs.path()).await?;
+    wait_routers(&caller, &[first.addr, second.addr]).await?;
+    wait_instances(&caller, "greet", 1).await?;
+
+    let (tx, mut outcomes) = mpsc::unbounded_channel();
+    let stop = StopFlag::default();
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let (caller, tx, stop) = (caller.clone(), tx.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    let outcome = route::call(&caller, "hello", json!({ "name": "World" })).await;
+                    if tx.send(outcome.map_err(|e| e.to_string())).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut errors = Vec::new();
+    tokio::time::timeout(
+        WAIT,
+        until(&mut outcomes, &json!("Hello World"), &mut errors),
+    )
+    .await??;
+
+    // A graceful stop: the router leaves the rotation, refuses new requests (which callers
+    // retry on the other router, since they did not run) and finishes the ones it has.
+    let status = first.terminate().await?;
+    assert!(status.success(), "{status}");
+    wait_routers(&caller, &[second.addr]).await?;
+    tokio::time::timeout(
+        WAIT,
+        until(&mut outcomes, &json!("Hello World"), &mut errors),
+    )
+    .await??;
+
+    stop.cancel();
+    for task in tasks {
+        task.await?;
+    }
+    while let Some(outcome) = outcomes.recv().await {
+        if let Err(e) = outcome {
+            errors.push(e);
+        }
+    }
+    assert!(errors.is_empty(), "failed requests: {errors:?}");
     drop(second);
     for node in [caller, services, cluster.seed.clone()] {
         node.shutdown().await;
