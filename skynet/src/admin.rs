@@ -5,14 +5,13 @@
 //! - `GET /metrics`: the Prometheus text format.
 //!
 //! Any other path is 404, another method on these paths 405. Requests are small by
-//! construction: request heads are capped at [`MAX_HEAD`] bytes, bodies are never read, and
+//! construction: request heads are capped at [`http::MAX_HEAD`] bytes, bodies are never read, and
 //! at most [`MAX_CONNECTIONS`] connections are served at once, each for at most
 //! [`MAX_CONNECTION_TIME`]. The server stops with the node.
 
 mod render;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,27 +19,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
+use crate::error::NodeError;
+use crate::http::{self, HttpServer, Limits, plain};
 use crate::service::ServiceDef;
 use crate::stats::StatsSnapshot;
 
-/// Bytes hyper buffers for one request head; larger heads are refused.
-const MAX_HEAD: usize = 16 << 10;
 /// Connections served at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 64;
 /// How long one connection may stay open, so slow or idle clients cannot keep every slot.
 const MAX_CONNECTION_TIME: Duration = Duration::from_secs(60);
-/// How long a client may take to send a request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a shutdown waits for responses being written.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 /// What the admin port reports on.
 struct AdminState {
@@ -51,19 +42,24 @@ struct AdminState {
 
 /// A bound admin port that is not serving yet: binding comes first so that a port in use
 /// fails the node's start before anything else is running.
-pub(crate) struct Bound(TcpListener);
+pub(crate) struct Bound {
+    listener: TcpListener,
+    requested: SocketAddr,
+}
 
 /// Binds the admin port.
-pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<Bound> {
-    TcpListener::bind(addr).await.map(Bound)
+pub(crate) async fn bind(addr: SocketAddr) -> Result<Bound, NodeError> {
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(Bound {
+            listener,
+            requested: addr,
+        }),
+        Err(source) => Err(NodeError::Admin { addr, source }),
+    }
 }
 
 /// A running admin port. Dropping it stops the accept loop.
-pub(crate) struct AdminServer {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-}
+pub(crate) struct AdminServer(HttpServer);
 
 impl Bound {
     /// Starts serving the statistics of `services`.
@@ -71,96 +67,40 @@ impl Bound {
         self,
         node: &str,
         services: Arc<HashMap<Box<str>, ServiceDef>>,
-    ) -> std::io::Result<AdminServer> {
-        let addr = self.0.local_addr()?;
+    ) -> Result<AdminServer, NodeError> {
         let state = Arc::new(AdminState {
             node: node.to_owned(),
             services,
             started: Instant::now(),
         });
-        let stop = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        tasks.spawn(accept_loop(self.0, state, stop.clone(), tasks.clone()));
-        tracing::info!(%addr, "admin port listening");
-        Ok(AdminServer { addr, stop, tasks })
+        let limits = Limits {
+            connections: MAX_CONNECTIONS,
+            connection_time: MAX_CONNECTION_TIME,
+        };
+        let requested = self.requested;
+        let server = HttpServer::serve(self.listener, limits, move |request| {
+            let response = respond(&state, &request);
+            std::future::ready(response)
+        })
+        .map_err(|source| NodeError::Admin {
+            addr: requested,
+            source,
+        })?;
+        tracing::info!(addr = %server.addr(), "admin port listening");
+        Ok(AdminServer(server))
     }
 }
 
 impl AdminServer {
     /// The bound address.
     pub(crate) fn addr(&self) -> SocketAddr {
-        self.addr
+        self.0.addr()
     }
 
     /// Stops accepting, lets responses being written finish (for at most a second) and closes
     /// every connection.
     pub(crate) async fn shutdown(&self) {
-        self.stop.cancel();
-        self.tasks.close();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE * 2, self.tasks.wait()).await;
-    }
-}
-
-impl Drop for AdminServer {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    state: Arc<AdminState>,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of descriptors, typically: pause rather than spin on the error.
-                tracing::warn!(error = %e, "admin port cannot accept");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                }
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("admin port at its connection limit");
-            continue;
-        };
-        let state = state.clone();
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            let _slot = slot;
-            let service = hyper::service::service_fn(move |request| {
-                let response = respond(&state, &request);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "admin connection failed");
-                    }
-                    return;
-                }
-                () = stop.cancelled() => {}
-                () = tokio::time::sleep(MAX_CONNECTION_TIME) => {}
-            }
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
-        });
+        self.0.shutdown().await;
     }
 }
 
@@ -186,21 +126,7 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
         return response;
     }
     let body = render(&StatsSnapshot::of(&state.services), &process_info(state));
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
-
-fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    http::respond(StatusCode::OK, content_type, Bytes::from(body))
 }
 
 fn process_info(state: &AdminState) -> render::ProcessInfo {

@@ -54,6 +54,8 @@ mod client;
 pub mod codec;
 mod config;
 mod error;
+mod http;
+pub mod initiator;
 mod node;
 mod peer;
 pub mod registry;

@@ -166,12 +166,9 @@ impl NodeBuilder {
             }
             services.insert(name, def);
         }
+        // Before the endpoint, so that a port in use fails the start with nothing running.
         let admin_port = match self.admin {
-            Some(addr) => Some(
-                admin::bind(addr)
-                    .await
-                    .map_err(|source| NodeError::Admin { addr, source })?,
-            ),
+            Some(addr) => Some(admin::bind(addr).await?),
             None => None,
         };
         let endpoint = transport::endpoint(&credentials, &self.config, &self.bind)?;
@@ -187,13 +184,9 @@ impl NodeBuilder {
             closing: CancellationToken::new(),
             writers: TaskTracker::new(),
         });
-        let admin = match (admin_port, self.admin) {
-            (Some(port), Some(addr)) => Some(
-                port.serve(&self.name, services.clone())
-                    .map_err(|source| NodeError::Admin { addr, source })?,
-            ),
-            _ => None,
-        };
+        let admin = admin_port
+            .map(|port| port.serve(&self.name, services.clone()))
+            .transpose()?;
         tokio::spawn(server::accept_loop(endpoint.clone(), server.clone()));
         tracing::info!(name = %self.name, %addr, services = services.len(), "node started");
         let locality = Locality {

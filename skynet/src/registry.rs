@@ -225,6 +225,16 @@ impl Registry {
     }
 }
 
+/// Reads every instance from the store once, linearizably (for tools; nodes keep a live
+/// [`Registry`] instead).
+pub async fn read(store: &Store) -> Result<RegistrySnapshot, StoreError> {
+    let (kvs, revision) = store.range(INSTANCES_PREFIX).await?;
+    Ok(RegistrySnapshot::from_records(
+        revision,
+        kvs.into_iter().map(|kv| (kv.key, kv.value)),
+    ))
+}
+
 /// Starts the view's task: read, then follow the watch, until `stop`.
 pub(crate) fn start_view(store: Store, stop: CancellationToken) -> Registry {
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(RegistrySnapshot::default()));
@@ -251,16 +261,15 @@ async fn follow(
     changes: tokio::sync::broadcast::Sender<Change>,
 ) {
     loop {
-        let (kvs, revision) = match store.range(INSTANCES_PREFIX).await {
-            Ok(read) => read,
+        let mut snapshot = match read(&store).await {
+            Ok(snapshot) => snapshot,
             Err(e) => {
                 tracing::warn!(error = %e, "registry view cannot read the store; retrying");
                 tokio::time::sleep(RESYNC_PAUSE).await;
                 continue;
             }
         };
-        let mut snapshot =
-            RegistrySnapshot::from_records(revision, kvs.into_iter().map(|kv| (kv.key, kv.value)));
+        let revision = snapshot.revision;
         // Changes between the previous view and this read are reported as one diff.
         for change in diff(&tx.borrow(), &snapshot) {
             let _ = changes.send(change);

@@ -1,6 +1,6 @@
 //! Call statistics per service method: counters and a latency histogram, with no I/O.
 //!
-//! Every method a node hosts has one [`MethodStats`], created when the node starts and reached
+//! Every method a node hosts has one set of counters, created when the node starts and reached
 //! from the method table the dispatcher already looks up, so counting a call costs no lookup,
 //! no lock and no allocation: a few relaxed atomic additions and one clock read when the call
 //! ends. [`Node::stats`](crate::Node::stats) copies them into a [`StatsSnapshot`].

@@ -475,3 +475,46 @@ async fn unknown_paths_wrong_methods_and_huge_heads_are_refused() -> TestResult 
     node.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_call_dropped_by_its_caller_counts_as_cancelled() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let server = Node::builder()
+        .development_credentials(dir.path())
+        .service(calc(started_tx, Arc::new(Notify::new())))
+        .start()
+        .await?;
+    let caller = Node::builder()
+        .development_credentials(dir.path())
+        .start()
+        .await?;
+    let remote = caller.client("calc").at(server.local_addr());
+    let slow = tokio::spawn(async move { remote.call::<_, u64, ServiceError>("slow", 1u64).await });
+    started.recv().await.expect("the slow handler starts");
+    assert_eq!(
+        server.stats().method("calc", "slow").map(|m| m.in_flight),
+        Some(1)
+    );
+    // Dropping the call sends a cancel frame; the server aborts the handler's task.
+    slow.abort();
+    let cancelled = async {
+        loop {
+            let stats = server.stats();
+            let slow = stats.method("calc", "slow").expect("calc.slow");
+            if slow.count(Outcome::Cancelled) == 1 {
+                return (slow.in_flight, slow.processed(), slow.errors());
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let counts = tokio::time::timeout(Duration::from_secs(10), cancelled).await?;
+    assert_eq!(
+        counts,
+        (0, 0, 0),
+        "cancelled is neither processed nor an error"
+    );
+    caller.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}

@@ -75,6 +75,158 @@ pub(crate) enum Command {
     /// Test aid: hold a lease with keys on it, as a store client, until stopped.
     #[command(hide = true)]
     HoldLease(HoldLeaseArgs),
+
+    /// Take requests in from outside (HTTP, TCP or a file) and run them as routes on the
+    /// cluster's routers.
+    #[command(subcommand)]
+    Initiator(InitiatorCommand),
+
+    /// Follow the service registry: log every instance that joins, changes or leaves (the
+    /// reaper's work: an instance whose process died leaves when its lease runs out), and
+    /// serve the statistics on the admin port.
+    ///
+    /// Prints `ready name=<name> addr=<ip:port> admin=<ip:port>`, then one line per change:
+    /// `joined|updated|left service=<name> addr=<ip:port> node=<name>`.
+    Watcher(WatcherArgs),
+
+    /// List the service instances the registry holds, one JSON object per line.
+    Services(ServicesArgs),
+}
+
+/// The initiators.
+#[derive(Debug, Subcommand)]
+pub(crate) enum InitiatorCommand {
+    /// Serve an HTML form at / and JSON at POST /v1/routes/{route}.
+    ///
+    /// Prints `ready name=<name> addr=<ip:port> http=<ip:port> admin=<ip:port>`.
+    #[command(after_help = "Example:\n  \
+        skynet initiator http --join 127.0.0.1:7000 --certs /tmp/skynet-dev --listen 127.0.0.1:8080")]
+    Http(HttpInitiatorArgs),
+
+    /// Serve newline-delimited JSON requests ({"route", "input", "id"}) over TCP.
+    ///
+    /// Prints `ready name=<name> addr=<ip:port> tcp=<ip:port> admin=<ip:port>`.
+    Tcp(TcpInitiatorArgs),
+
+    /// Run every request of a JSONL file and append the answers to another, resuming where
+    /// an earlier run stopped.
+    ///
+    /// Prints `done answered=<n> failed=<n> already_done=<n>` and exits when the file is done.
+    File(FileInitiatorArgs),
+}
+
+/// Flags of every process that reaches the store as a client.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClientArgs {
+    /// This process's name, used in its certificate and its logs.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+
+    /// IP address of the QUIC endpoint.
+    #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub(crate) bind: IpAddr,
+
+    /// UDP port of the QUIC endpoint; absent or 0 picks a free one.
+    #[arg(long)]
+    pub(crate) port: Option<u16>,
+
+    /// Address of a config store member; repeat for more.
+    #[arg(long = "join", value_name = "ADDR", required = true)]
+    pub(crate) join: Vec<SocketAddr>,
+
+    /// Development credentials directory of the cluster.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) certs: PathBuf,
+
+    /// Serve /debug/vars and /metrics on this address (port 0 picks one).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) admin: Option<SocketAddr>,
+}
+
+/// Flags of `skynet initiator http`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct HttpInitiatorArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+
+    /// Where to serve HTTP.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub(crate) listen: SocketAddr,
+
+    /// The route the form runs.
+    #[arg(long, default_value = "hello")]
+    pub(crate) route: String,
+
+    /// Deadline of one request, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub(crate) deadline_ms: u64,
+}
+
+/// Flags of `skynet initiator tcp`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TcpInitiatorArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+
+    /// Where to listen.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub(crate) listen: SocketAddr,
+
+    /// The route of requests that name none (otherwise "route" is required).
+    #[arg(long)]
+    pub(crate) route: Option<String>,
+
+    /// Deadline of one request, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub(crate) deadline_ms: u64,
+}
+
+/// Flags of `skynet initiator file`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct FileInitiatorArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+
+    /// The JSONL file of requests.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) input: PathBuf,
+
+    /// The JSONL file answers are appended to (created if missing).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) output: PathBuf,
+
+    /// The route of requests that name none (otherwise "route" is required).
+    #[arg(long)]
+    pub(crate) route: Option<String>,
+
+    /// Requests that run at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub(crate) concurrency: u64,
+
+    /// Deadline of one request, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub(crate) deadline_ms: u64,
+}
+
+/// Flags of `skynet watcher`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct WatcherArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+/// Flags of `skynet services`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServicesArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+
+    /// Only this service's instances.
+    #[arg(long)]
+    pub(crate) service: Option<String>,
 }
 
 /// Flags of `skynet node`.

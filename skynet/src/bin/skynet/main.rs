@@ -6,11 +6,14 @@
 //! module, and this file does the process-level I/O: logging, the runtime, the exit code.
 
 mod cli;
+mod client;
 mod hold_lease;
+mod initiator;
 mod node;
 mod router;
 mod routes;
 mod signals;
+mod watcher;
 
 use std::process::ExitCode;
 
@@ -56,6 +59,12 @@ enum CliError {
     /// The signal handlers could not be installed.
     #[error("cannot listen for signals: {0}")]
     Signals(std::io::Error),
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(std::net::SocketAddr, std::io::Error),
+    /// A file initiator run failed.
+    #[error(transparent)]
+    File(#[from] skynet::initiator::file::FileError),
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -85,6 +94,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Command::Router(args) => router::run(args, &mut std::io::stdout()).await,
             Command::Routes(args) => routes::run(args, &mut std::io::stdout()).await,
             Command::HoldLease(args) => hold_lease::run(args, &mut std::io::stdout()).await,
+            Command::Initiator(command) => initiator::run(command, &mut std::io::stdout()).await,
+            Command::Watcher(args) => watcher::run(args, &mut std::io::stdout()).await,
+            Command::Services(args) => watcher::list(args, &mut std::io::stdout()).await,
         }
     })
 }

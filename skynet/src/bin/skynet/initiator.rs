@@ -1,0 +1,97 @@
+//! `skynet initiator http|tcp|file`: the library's initiators as processes.
+
+use std::io::Write;
+use std::time::Duration;
+
+use skynet::initiator::RouteCaller;
+use skynet::initiator::file::{FileConfig, run_file};
+use skynet::initiator::http::{HttpConfig, HttpInitiator};
+use skynet::initiator::tcp::{TcpConfig, TcpInitiator};
+
+use crate::CliError;
+use crate::cli::InitiatorCommand;
+use crate::client;
+use crate::signals::Signals;
+
+/// Runs the chosen initiator until a stop signal (or, for a file, until it is done).
+pub(crate) async fn run(command: InitiatorCommand, out: &mut impl Write) -> Result<(), CliError> {
+    let mut signals = Signals::new()?;
+    let (args, role) = match &command {
+        InitiatorCommand::Http(a) => (&a.client, "http-initiator"),
+        InitiatorCommand::Tcp(a) => (&a.client, "tcp-initiator"),
+        InitiatorCommand::File(a) => (&a.client, "file-initiator"),
+    };
+    let Some(node) = client::start(client::builder(args, role), &mut signals).await? else {
+        return Ok(());
+    };
+    let result = serve(&command, &node, &mut signals, out).await;
+    node.shutdown().await;
+    result
+}
+
+async fn serve(
+    command: &InitiatorCommand,
+    node: &skynet::Node,
+    signals: &mut Signals,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let caller = |ms: u64| RouteCaller::new(node, Duration::from_millis(ms));
+    let ready = |out: &mut dyn Write, kind: &str, addr: std::net::SocketAddr| {
+        writeln!(
+            out,
+            "ready name={} addr={} {kind}={addr}{}",
+            node.name(),
+            node.local_addr(),
+            client::admin_field(node)
+        )
+        .and_then(|()| out.flush())
+        .map_err(CliError::Stdout)
+    };
+    match command {
+        InitiatorCommand::Http(a) => {
+            let config = HttpConfig {
+                form_route: a.route.clone(),
+                ..HttpConfig::default()
+            };
+            let http = HttpInitiator::start(caller(a.deadline_ms), a.listen, config)
+                .await
+                .map_err(|e| CliError::Listen(a.listen, e))?;
+            ready(out, "http", http.addr())?;
+            let stopped = signals.wait().await;
+            http.shutdown().await;
+            stopped
+        }
+        InitiatorCommand::Tcp(a) => {
+            let config = TcpConfig {
+                default_route: a.route.clone(),
+                ..TcpConfig::default()
+            };
+            let tcp = TcpInitiator::start(caller(a.deadline_ms), a.listen, config)
+                .await
+                .map_err(|e| CliError::Listen(a.listen, e))?;
+            ready(out, "tcp", tcp.addr())?;
+            let stopped = signals.wait().await;
+            tcp.shutdown().await;
+            stopped
+        }
+        InitiatorCommand::File(a) => {
+            let config = FileConfig {
+                default_route: a.route.clone(),
+                concurrency: usize::try_from(a.concurrency).unwrap_or(16),
+                ..FileConfig::default()
+            };
+            let caller = caller(a.deadline_ms);
+            let summary = tokio::select! {
+                summary = run_file(&caller, &a.input, &a.output, &config) => summary?,
+                stop = signals.wait() => return stop,
+            };
+            writeln!(
+                out,
+                "done answered={} failed={} already_done={}",
+                summary.answered, summary.failed, summary.already_done
+            )
+            .and_then(|()| out.flush())
+            .map_err(CliError::Stdout)
+        }
+    }
+}
