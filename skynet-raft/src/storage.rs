@@ -9,13 +9,16 @@
 //! One database holds two tables:
 //!
 //! - `logs`: log index → encoded openraft entry;
-//! - `meta`: `vote`, `committed`, `last_purged`, `sm` (the applied state machine with its last
-//!   applied log id and membership) and `snapshot` (the current snapshot's meta and bytes).
+//! - `meta`: `vote`, `committed`, `last_purged` and `snapshot` (the current snapshot's meta and
+//!   bytes). Files written by earlier versions may also hold `sm`, a copy of the applied state.
 //!
-//! The state machine is kept in memory (it is the read path) and written through to `sm` after each
-//! applied batch, in the same file as the log, so a restart needs no replay beyond what was committed
-//! but not yet applied. Writing the whole state per batch is fine for a config store of kilobytes to a
-//! few megabytes; a per-key table is the upgrade path if it ever grows.
+//! The state machine lives in memory (it is the read path) and is **not** written on each apply:
+//! every applied entry is already durable in the log, so a restarted member loads its newest
+//! snapshot and openraft re-applies the committed log after it (openraft's snapshot policy
+//! bounds that tail, 5,000 entries by default). Writing the whole state per batch, as an earlier
+//! version did, cost a serialization and an fsync of every key and the watch history on every
+//! commit. The committed index is written without an fsync: it only tells a restarting member
+//! how much it may re-apply before hearing from the leader, and a stale one is safe.
 //!
 //! The blocking redb calls run on the calling async task. openraft drives storage from its own task,
 //! so this stalls only that task's worker thread for the length of one fsync.
@@ -136,10 +139,23 @@ pub(crate) fn open(
     tx.open_table(LOGS)?;
     let sm = {
         let meta = tx.open_table(META)?;
-        let stored = meta.get(KEY_SM)?;
-        match stored {
-            Some(bytes) => codec::decode::<SmData>(bytes.value())?,
-            None => SmData {
+        let snapshot = match meta.get(KEY_SNAPSHOT)? {
+            Some(bytes) => {
+                let stored = codec::decode::<StoredSnapshot>(bytes.value())?;
+                Some(snapshot_state(&stored.meta, &stored.data)?)
+            }
+            None => None,
+        };
+        // A file of an earlier version may hold a newer applied state than its snapshot.
+        let legacy = match meta.get(KEY_SM)? {
+            Some(bytes) => Some(codec::decode::<SmData>(bytes.value())?),
+            None => None,
+        };
+        match (snapshot, legacy) {
+            (Some(s), Some(l)) if l.last_applied > s.last_applied => l,
+            (Some(s), _) => s,
+            (None, Some(l)) => l,
+            (None, None) => SmData {
                 kv,
                 ..SmData::default()
             },
@@ -163,9 +179,30 @@ fn write_tx(db: &Database) -> Result<redb::WriteTransaction, StoreError> {
     Ok(tx)
 }
 
+/// The state a snapshot holds; its meta is authoritative for what it covers.
+fn snapshot_state(
+    meta: &SnapshotMeta<NodeId, NodeAddr>,
+    bytes: &[u8],
+) -> Result<SmData, StoreError> {
+    let mut state: SmData = codec::decode(bytes)?;
+    state.last_applied = meta.last_log_id;
+    state.last_membership = meta.last_membership.clone();
+    Ok(state)
+}
+
 fn put_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), StoreError> {
+    put_meta_with(db, key, value, Durability::Immediate)
+}
+
+fn put_meta_with<T: Serialize>(
+    db: &Database,
+    key: &str,
+    value: &T,
+    durability: Durability,
+) -> Result<(), StoreError> {
     let bytes = codec::encode(value)?;
-    let tx = write_tx(db)?;
+    let mut tx = write_tx(db)?;
+    tx.set_durability(durability);
     tx.open_table(META)?.insert(key, bytes.as_slice())?;
     tx.commit()?;
     Ok(())
@@ -288,7 +325,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StResult<()> {
-        put_meta(&self.db, KEY_COMMITTED, &committed).map_err(|e| StorageIOError::write(&e).into())
+        // Not fsync'd (see the module docs): the next durable commit carries it to disk.
+        put_meta_with(&self.db, KEY_COMMITTED, &committed, Durability::None)
+            .map_err(|e| StorageIOError::write(&e).into())
     }
 
     async fn read_committed(&mut self) -> StResult<Option<LogId<NodeId>>> {
@@ -375,8 +414,8 @@ impl StateMachineStore {
                 }
             });
         }
-        put_meta(&self.db, KEY_SM, &*data)?;
-        // Published only once durable: a watcher never sees a change a crash could undo here.
+        // Every applied entry is committed and in this member's durable log: a crash cannot
+        // undo what a watcher sees here (a restart re-applies it).
         self.publish(data.kv.revision());
         Ok(out)
     }
@@ -386,11 +425,7 @@ impl StateMachineStore {
         meta: &SnapshotMeta<NodeId, NodeAddr>,
         bytes: Vec<u8>,
     ) -> Result<(), StoreError> {
-        let mut new: SmData = codec::decode(&bytes)?;
-        // The meta is authoritative for what the snapshot covers.
-        new.last_applied = meta.last_log_id;
-        new.last_membership = meta.last_membership.clone();
-        let sm_bytes = codec::encode(&new)?;
+        let new = snapshot_state(meta, &bytes)?;
         let snap_bytes = codec::encode(&StoredSnapshot {
             meta: meta.clone(),
             data: bytes,
@@ -399,7 +434,7 @@ impl StateMachineStore {
         let tx = write_tx(&self.db)?;
         {
             let mut t = tx.open_table(META)?;
-            t.insert(KEY_SM, sm_bytes.as_slice())?;
+            t.remove(KEY_SM)?;
             t.insert(KEY_SNAPSHOT, snap_bytes.as_slice())?;
         }
         tx.commit()?;
@@ -462,6 +497,8 @@ impl SnapshotBuilder {
             };
             if !newer_stored {
                 table.insert(KEY_SNAPSHOT, stored.as_slice())?;
+                // This snapshot is at least as new as an earlier version's copy of the state.
+                table.remove(KEY_SM)?;
             }
         }
         tx.commit()?;
