@@ -30,8 +30,9 @@
 //! The router itself is [`Router`]: the service `skynet.router`, method `run`, which any
 //! process can host and any caller reaches by name ([`call`]).
 //!
-//! This module keeps the logic (parsing, validation, the execution plan in [`exec`]) apart from
-//! the I/O (the store helpers, the [`RouteTable`] and the [`Router`]).
+//! This module keeps the logic (parsing, validation, and the execution plan in
+//! `route/exec.rs`) apart from the I/O (the store helpers, the [`RouteTable`] and the
+//! [`Router`]).
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,7 +1,7 @@
 //! Routes and routers on real nodes over QUIC on loopback: a route through several services
 //! (sync, async and skipped hops), edits while traffic flows, refused routes, unknown routes,
 //! hops without instances, the `skynet routes` subcommands, and `skynet router` processes, one
-//! of them killed with SIGKILL.
+//! of them killed with SIGKILL, one stopped with SIGTERM under load.
 //!
 //! Every wait is on an event (a registry or route table change, a reply, a ready line) with a
 //! timeout; child processes are killed when their guard drops.
@@ -541,14 +541,26 @@ async fn the_routes_subcommands_set_get_list_and_delete_and_refuse_bad_routes() 
 struct RouterProc {
     child: Child,
     addr: SocketAddr,
+    /// The admin port, if started with `--admin`.
+    admin: Option<SocketAddr>,
     log: PathBuf,
 }
 
 impl RouterProc {
     async fn start(cluster: &Cluster, name: &str, dir: &std::path::Path) -> anyhow::Result<Self> {
+        Self::start_with(cluster, name, dir, &[]).await
+    }
+
+    async fn start_with(
+        cluster: &Cluster,
+        name: &str,
+        dir: &std::path::Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         let log = dir.join(format!("{name}.log"));
         let mut args = vec!["router".to_owned(), "--name".into(), name.into()];
         args.extend(store_flags(cluster));
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(BIN)
             .args(&args)
             .stdin(Stdio::null())
@@ -559,6 +571,7 @@ impl RouterProc {
         let mut guard = Self {
             child,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            admin: None,
             log,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -578,8 +591,33 @@ impl RouterProc {
             .find_map(|kv| kv.strip_prefix("addr="))
             .context("addr in the ready line")?;
         guard.addr = addr.parse()?;
+        guard.admin = ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("admin="))
+            .map(str::parse)
+            .transpose()?;
         anyhow::ensure!(ready.contains("service=skynet.router"), "{ready}");
         Ok(guard)
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the router did not exit"
+            );
+            // Polling the exit status: std has no async wait for a child.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn kill_9(&mut self) {
@@ -596,6 +634,28 @@ impl Drop for RouterProc {
             eprintln!("--- {}:\n{log}", self.log.display());
         }
     }
+}
+
+/// `skynet.router.run-processed` from the `/debug/vars` of the admin port at `admin`.
+fn processed_runs(admin: SocketAddr) -> anyhow::Result<u64> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(admin)?;
+    stream.set_read_timeout(Some(WAIT))?;
+    write!(
+        stream,
+        "GET /debug/vars HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .context("an HTTP response")?;
+    let vars: Value = serde_json::from_str(body.trim())
+        .with_context(|| format!("/debug/vars is JSON: {response}"))?;
+    vars["skynet.router.run-processed"]
+        .as_u64()
+        .with_context(|| format!("no run counter in {vars}"))
 }
 
 /// Waits until `caller` sees exactly the routers at `addrs`.
@@ -632,7 +692,13 @@ async fn routers_as_processes_survive_one_killed_with_sigkill() -> TestResult {
     );
     route::put(&cluster.store(), &hello).await?;
     let mut first = RouterProc::start(&cluster, "router-1", logs.path()).await?;
-    let second = RouterProc::start(&cluster, "router-2", logs.path()).await?;
+    let second = RouterProc::start_with(
+        &cluster,
+        "router-2",
+        logs.path(),
+        &["--admin", "127.0.0.1:0"],
+    )
+    .await?;
     wait_routers(&caller, &[first.addr, second.addr]).await?;
     wait_instances(&caller, "greet", 1).await?;
 
@@ -647,10 +713,14 @@ async fn routers_as_processes_survive_one_killed_with_sigkill() -> TestResult {
     // non-idempotent hops, so it is not retried behind the caller's back.)
     first.kill_9();
     wait_routers(&caller, &[second.addr]).await?;
+    let before = processed_runs(second.admin.context("router-2 has an admin port")?)?;
     for i in 0..20 {
         let reply = route::call(&caller, "hello", json!({ "name": format!("n{i}") })).await?;
         assert_eq!(reply, json!(format!("HELLO N{i}")));
     }
+    // The survivor ran them all, as its /debug/vars says.
+    let after = processed_runs(second.admin.context("admin")?)?;
+    assert_eq!(after - before, 20);
 
     // A route edited now reaches the surviving process through its watch.
     let shout_only = Route::new("hello", vec![Hop::new("upper", "shout")]);
@@ -669,6 +739,70 @@ async fn routers_as_processes_survive_one_killed_with_sigkill() -> TestResult {
         tokio::task::yield_now().await;
     }
 
+    drop(second);
+    for node in [caller, services, cluster.seed.clone()] {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_stopped_with_sigterm_under_load_fails_no_request() -> TestResult {
+    let cluster = Cluster::new().await?;
+    let (services, _audit) = cluster.services().await?;
+    let caller = cluster.caller().await?;
+    let logs = tempfile::tempdir()?;
+    let hello = Route::new("hello", vec![Hop::new("greet", "hello")]);
+    route::put(&cluster.store(), &hello).await?;
+    let mut first = RouterProc::start(&cluster, "router-1", logs.path()).await?;
+    let second = RouterProc::start(&cluster, "router-2", logs.path()).await?;
+    wait_routers(&caller, &[first.addr, second.addr]).await?;
+    wait_instances(&caller, "greet", 1).await?;
+
+    let (tx, mut outcomes) = mpsc::unbounded_channel();
+    let stop = StopFlag::default();
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let (caller, tx, stop) = (caller.clone(), tx.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    let outcome = route::call(&caller, "hello", json!({ "name": "World" })).await;
+                    if tx.send(outcome.map_err(|e| e.to_string())).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut errors = Vec::new();
+    tokio::time::timeout(
+        WAIT,
+        until(&mut outcomes, &json!("Hello World"), &mut errors),
+    )
+    .await??;
+
+    // A graceful stop: the router leaves the rotation, refuses new requests (which callers
+    // retry on the other router, since they did not run) and finishes the ones it has.
+    let status = first.terminate().await?;
+    assert!(status.success(), "{status}");
+    wait_routers(&caller, &[second.addr]).await?;
+    tokio::time::timeout(
+        WAIT,
+        until(&mut outcomes, &json!("Hello World"), &mut errors),
+    )
+    .await??;
+
+    stop.cancel();
+    for task in tasks {
+        task.await?;
+    }
+    while let Some(outcome) = outcomes.recv().await {
+        if let Err(e) = outcome {
+            errors.push(e);
+        }
+    }
+    assert!(errors.is_empty(), "failed requests: {errors:?}");
     drop(second);
     for node in [caller, services, cluster.seed.clone()] {
         node.shutdown().await;

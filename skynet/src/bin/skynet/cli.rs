@@ -52,7 +52,8 @@ pub(crate) enum Command {
     /// the store's watch (a changed route is used as soon as it arrives, no restart), and
     /// registers itself, so that initiators find it by name and fail over to another router
     /// when it dies. Once it has read the routes it prints one line to stdout,
-    /// `ready name=<name> addr=<ip:port> service=skynet.router routes=<count>`, and runs until SIGTERM or
+    /// `ready name=<name> addr=<ip:port> service=skynet.router routes=<count>` (and
+    /// ` admin=<ip:port>` with --admin), and runs until SIGTERM or
     /// Ctrl-C, then stops gracefully: it stops taking new requests, finishes the ones it has,
     /// and leaves the registry.
     #[command(after_help = "Example:\n  \
@@ -265,29 +266,11 @@ pub(crate) struct NodeArgs {
     pub(crate) certs: PathBuf,
 }
 
-/// Flags of `skynet router`.
+/// Flags of `skynet router`: those of every store client (`--name` defaults to `router`).
 #[derive(Debug, Clone, Args)]
 pub(crate) struct RouterArgs {
-    /// This process's name, used in its certificate, its registry record and its logs.
-    #[arg(long, default_value = "router")]
-    pub(crate) name: String,
-
-    /// IP address to listen on; callers dial the address the router registers, so it must be
-    /// one they can reach (not 0.0.0.0).
-    #[arg(long, value_name = "IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
-    pub(crate) bind: IpAddr,
-
-    /// UDP port to listen on; absent or 0 picks a free one (see the ready line).
-    #[arg(long)]
-    pub(crate) port: Option<u16>,
-
-    /// Address of a config store member to reach the store through; repeat for more.
-    #[arg(long = "join", value_name = "ADDR", required = true)]
-    pub(crate) join: Vec<SocketAddr>,
-
-    /// Development credentials directory of the cluster (the same for every process).
-    #[arg(long, value_name = "DIR")]
-    pub(crate) certs: PathBuf,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
 }
 
 /// Flags of `skynet routes`.
@@ -480,8 +463,8 @@ mod tests {
         let Command::Router(args) = cli.command else {
             panic!("router expected");
         };
-        assert_eq!((args.name.as_str(), args.port), ("router", None));
-        assert_eq!(args.join.len(), 1);
+        assert_eq!((args.client.name, args.client.port), (None, None));
+        assert_eq!(args.client.join.len(), 1);
         assert!(
             parse(&["router", "--certs", "c"]).is_err(),
             "--join is required"

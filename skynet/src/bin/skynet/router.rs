@@ -2,33 +2,24 @@
 //! find it by name, and runs the routes it follows through the store's watch.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use skynet::route::{ROUTER_SERVICE, Router};
 use skynet::{Node, StoreConfig};
 
-use crate::CliError;
 use crate::cli::RouterArgs;
 use crate::signals::Signals;
+use crate::{CliError, client};
 
 /// Runs the router until SIGTERM or Ctrl-C, then shuts it down gracefully. The ready line goes
 /// to `out`.
 pub(crate) async fn run(args: RouterArgs, out: &mut impl Write) -> Result<(), CliError> {
-    let store = StoreConfig::client(args.join.clone());
-    store.validate()?;
+    StoreConfig::client(args.client.join.clone()).validate()?;
     let mut signals = Signals::new()?;
     let router = Router::new();
-    let start = Node::builder()
-        .name(args.name.as_str())
-        .bind(SocketAddr::new(args.bind, args.port.unwrap_or(0)))
-        .development_credentials(&args.certs)
-        .store(store)
-        .service(router.service())
-        .start();
-    let node = tokio::select! {
-        node = start => node?,
-        stop = signals.wait() => return stop,
+    let builder = client::builder(&args.client, "router").service(router.service());
+    let Some(node) = client::start(builder, &mut signals).await? else {
+        return Ok(());
     };
     let result = serve(&node, &router, &mut signals, out).await;
     tracing::info!("shutting down");
@@ -56,9 +47,10 @@ async fn serve(
     let routes = table.snapshot().routes().count();
     writeln!(
         out,
-        "ready name={} addr={} service={ROUTER_SERVICE} routes={routes}",
+        "ready name={} addr={} service={ROUTER_SERVICE} routes={routes}{}",
         node.name(),
-        node.local_addr()
+        node.local_addr(),
+        client::admin_field(node)
     )
     .and_then(|()| out.flush())
     .map_err(CliError::Stdout)?;
