@@ -14,7 +14,7 @@ use crate::codec::{self, CodecError, Encoding};
 use crate::error::{CallError, RejectReason};
 use crate::node::Node;
 use crate::peer::PeerError;
-use crate::registry::{Instance, Registry};
+use crate::registry::{Instance, Registry, RegistrySnapshot};
 use crate::server::panic_message;
 use crate::service::{Context, ServiceDef, Wire};
 use crate::stats::Outcome;
@@ -36,6 +36,7 @@ pub struct ServiceClient {
     deadline: Option<Duration>,
     encoding: Encoding,
     version: Option<semver::VersionReq>,
+    retry_after_loss: bool,
 }
 
 enum Route<'a> {
@@ -54,7 +55,17 @@ impl ServiceClient {
             deadline: None,
             encoding: Encoding::Bincode,
             version: None,
+            retry_after_loss: false,
         }
+    }
+
+    /// Whether a call by name that may have reached an instance before it failed (the
+    /// connection broke, or the instance left the registry) may be sent again to another
+    /// instance. By default only methods the service marks idempotent are; a caller that knows
+    /// more — a request that is safe to repeat — can say so here.
+    pub fn with_retry_after_loss(mut self, allowed: bool) -> Self {
+        self.retry_after_loss = allowed;
+        self
     }
 
     /// Calls only instances whose version matches `requirement` (a local service too).
@@ -237,7 +248,19 @@ impl ServiceClient {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut retries = 0;
         loop {
-            let snapshot = registry.snapshot();
+            let mut snapshot = registry.snapshot();
+            if !snapshot.is_loaded() {
+                // A node that has just started has not read the registry yet: an empty view
+                // says nothing about which instances exist.
+                let remaining = until.saturating_duration_since(Instant::now());
+                match registry
+                    .wait_for(remaining, RegistrySnapshot::is_loaded)
+                    .await
+                {
+                    Some(loaded) => snapshot = loaded,
+                    None => return Err(CallError::DeadlineExceeded(deadline)),
+                }
+            }
             let all = snapshot.instances(&self.service);
             let candidates: Vec<&Instance> = all
                 .iter()
@@ -246,7 +269,10 @@ impl ServiceClient {
             let Some(instance) = balancer.choose(&candidates, &tried) else {
                 return Err(self.no_instance());
             };
-            let (addr, idempotent) = (instance.addr, instance.is_idempotent(method));
+            let (addr, idempotent) = (
+                instance.addr,
+                self.retry_after_loss || instance.is_idempotent(method),
+            );
             let remaining = until.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(CallError::DeadlineExceeded(deadline));

@@ -22,17 +22,89 @@ use serde_json::Value;
 
 use crate::error::CallError;
 use crate::node::Node;
+use crate::route::{HopMode, RouteTable};
 
 /// The service that runs routes.
 pub const ROUTER_SERVICE: &str = "skynet.router";
 /// Its method.
 pub const RUN_METHOD: &str = "run";
 
+/// One line of input, without its newline.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A line within the limit.
+    Text(String),
+    /// A line over the limit (skipped up to its end), or one that is not UTF-8.
+    Refused(&'static str),
+}
+
+/// The lines of `reader`, each at most `max` bytes; longer lines are skipped to their end and
+/// reported, and reading goes on after them (unlike `LinesCodec`, whose stream ends at the
+/// first error).
+fn limited_lines<R>(
+    reader: R,
+    max: usize,
+) -> impl futures_util::Stream<Item = std::io::Result<Line>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncBufReadExt as _;
+    let reader = tokio::io::BufReader::new(reader);
+    futures_util::stream::unfold(reader, move |mut reader| async move {
+        let mut buf = Vec::new();
+        let mut too_long = false;
+        loop {
+            let chunk = match reader.fill_buf().await {
+                Ok(chunk) => chunk,
+                Err(e) => return Some((Err(e), reader)),
+            };
+            if chunk.is_empty() {
+                // End of input: a last line without a newline still counts.
+                if buf.is_empty() && !too_long {
+                    return None;
+                }
+                break;
+            }
+            let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (&chunk[..i], Some(i + 1)),
+                None => (chunk, None),
+            };
+            if !too_long && buf.len() + part.len() <= max {
+                buf.extend_from_slice(part);
+            } else {
+                too_long = true;
+                buf.clear();
+            }
+            let used = done.unwrap_or(chunk.len());
+            reader.consume(used);
+            if done.is_some() {
+                break;
+            }
+        }
+        let line = if too_long {
+            Line::Refused("the line is too long")
+        } else {
+            match String::from_utf8(buf) {
+                Ok(mut text) => {
+                    if text.ends_with('\r') {
+                        text.pop();
+                    }
+                    Line::Text(text)
+                }
+                Err(_) => Line::Refused("the line is not UTF-8"),
+            }
+        };
+        Some((Ok(line), reader))
+    })
+}
+
 /// Runs routes on the cluster's routers, through a node with a store.
 #[derive(Debug, Clone)]
 pub struct RouteCaller {
     node: Node,
     deadline: Duration,
+    /// The routes, to know which may run twice.
+    routes: Option<RouteTable>,
 }
 
 impl RouteCaller {
@@ -41,21 +113,33 @@ impl RouteCaller {
         Self {
             node: node.clone(),
             deadline,
+            routes: node.store().map(RouteTable::start),
         }
     }
 
     /// Runs `route` with `input` and returns the route's output.
+    ///
+    /// A run is sent again to another router when it surely did not run (no router could be
+    /// reached, or it refused), and also when it may have run but every hop of the route may
+    /// be retried (an async hop's result is ignored anyway): then a router killed in the middle
+    /// of the run costs the caller a delay, not a failure.
     pub async fn run(&self, route: &str, input: Value) -> Result<Value, Failure> {
         let request = serde_json::json!({ "route": route, "input": input });
         let reply = self
             .node
             .client(ROUTER_SERVICE)
             .with_deadline(self.deadline)
-            // A route is run again on another router only when it surely did not run: its
-            // hops may not be idempotent.
+            .with_retry_after_loss(self.may_run_twice(route))
             .call_json(RUN_METHOD, &request)
             .await;
         reply.map_err(|e| Failure::from_call(route, e))
+    }
+
+    fn may_run_twice(&self, route: &str) -> bool {
+        self.routes
+            .as_ref()
+            .and_then(|table| table.get(route))
+            .is_some_and(|r| r.hops.iter().all(|h| h.retry || h.mode == HopMode::Async))
     }
 }
 
@@ -142,6 +226,7 @@ impl Failure {
         let kind = text("kind").unwrap_or_default();
         match kind.to_ascii_lowercase().replace('_', "").as_str() {
             "nosuchroute" => Self::NoSuchRoute { route },
+            "routerunavailable" => Self::NoRouter { route },
             "noinstance" | "unavailable" => Self::Unavailable {
                 route,
                 service,
@@ -243,5 +328,25 @@ mod tests {
         assert!(f.friendly().contains("No router"));
         let f = Failure::from_call("hello", CallError::DeadlineExceeded(Duration::from_secs(1)));
         assert_eq!(f.http_status(), 504);
+    }
+
+    #[tokio::test]
+    async fn lines_over_the_limit_are_skipped_and_reading_goes_on() {
+        use futures_util::StreamExt as _;
+        let input: &[u8] = b"short\r\nwaaaaaaaaaaaaay too long\nok\n\xff\nlast";
+        let lines: Vec<Line> = limited_lines(input, 8)
+            .map(|l| l.expect("reads"))
+            .collect()
+            .await;
+        assert_eq!(
+            lines,
+            vec![
+                Line::Text("short".into()),
+                Line::Refused("the line is too long"),
+                Line::Text("ok".into()),
+                Line::Refused("the line is not UTF-8"),
+                Line::Text("last".into()),
+            ]
+        );
     }
 }

@@ -73,6 +73,8 @@ fn instance_key(service: &str, addr: SocketAddr) -> String {
 /// Every known instance at one store revision. Cheap to share: readers hold an `Arc`.
 #[derive(Debug, Clone, Default)]
 pub struct RegistrySnapshot {
+    /// Whether this snapshot comes from the store (the view's first read has finished).
+    loaded: bool,
     revision: Revision,
     by_key: BTreeMap<String, Instance>,
     by_service: HashMap<String, Arc<[Instance]>>,
@@ -82,6 +84,12 @@ impl RegistrySnapshot {
     /// The store revision this snapshot reflects.
     pub fn revision(&self) -> Revision {
         self.revision
+    }
+
+    /// Whether the snapshot was read from the store: `false` only for the empty view a node
+    /// has before its first read finishes.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
     }
 
     /// Every instance of `service`, registered or not, ordered by key.
@@ -105,6 +113,7 @@ impl RegistrySnapshot {
     /// A snapshot of the records in `kvs` (a range read at `revision`).
     fn from_records(revision: Revision, kvs: impl IntoIterator<Item = (String, Vec<u8>)>) -> Self {
         let mut snapshot = Self {
+            loaded: true,
             revision,
             ..Self::default()
         };

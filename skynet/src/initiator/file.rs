@@ -18,10 +18,9 @@ use std::path::{Path, PathBuf};
 use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt as _;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 
 use super::tcp::parse_request;
-use super::{Failure, RouteCaller};
+use super::{Failure, Line, RouteCaller, limited_lines};
 
 /// Settings of a file run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +98,7 @@ pub async fn run_file(
         .await
         .map_err(io(output))?;
     let file = tokio::fs::File::open(input).await.map_err(io(input))?;
-    let lines = FramedRead::new(file, LinesCodec::new_with_max_length(config.max_line));
+    let lines = limited_lines(file, config.max_line);
     let mut summary = FileSummary::default();
     let steps = lines
         .enumerate()
@@ -109,10 +108,10 @@ pub async fn run_file(
             async move {
                 match line {
                     _ if skip => Some(Ok(Work::Done)),
-                    Ok(text) if text.trim().is_empty() => None,
-                    Ok(text) => Some(Ok(Work::Run(number, text))),
-                    Err(LinesCodecError::MaxLineLengthExceeded) => Some(Ok(Work::TooLong(number))),
-                    Err(LinesCodecError::Io(e)) => Some(Err(e)),
+                    Ok(Line::Text(text)) if text.trim().is_empty() => None,
+                    Ok(Line::Text(text)) => Some(Ok(Work::Run(number, text))),
+                    Ok(Line::Refused(why)) => Some(Ok(Work::Refused(number, why))),
+                    Err(e) => Some(Err(e)),
                 }
             }
         })
@@ -120,9 +119,9 @@ pub async fn run_file(
             Ok(match work? {
                 Work::Done => None,
                 Work::Run(number, text) => Some(answer(caller, config, number, &text).await),
-                Work::TooLong(number) => {
+                Work::Refused(number, why) => {
                     let failure = Failure::BadRequest {
-                        message: format!("the line exceeds {} bytes", config.max_line),
+                        message: format!("{why} (at most {} bytes)", config.max_line),
                     };
                     Some((error_line(number, &Value::Null, &failure), true))
                 }
@@ -153,8 +152,8 @@ enum Work {
     Done,
     /// Run it: line number and text.
     Run(u64, String),
-    /// Answer that it is too long.
-    TooLong(u64),
+    /// Answer that it cannot be read (too long, not UTF-8).
+    Refused(u64, &'static str),
 }
 
 /// Runs one request; returns its answer line and whether it failed.

@@ -15,11 +15,10 @@ use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Failure, RouteCaller};
+use super::{Failure, Line, RouteCaller, limited_lines};
 
 /// Requests of one connection that run at once.
 const IN_FLIGHT_PER_CONNECTION: usize = 64;
@@ -130,24 +129,24 @@ async fn serve(stream: TcpStream, state: &(RouteCaller, TcpConfig)) {
     let (caller, config) = state;
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
-    let lines = FramedRead::new(read, LinesCodec::new_with_max_length(config.max_line));
-    let mut answers = lines
+    let answers = limited_lines(read, config.max_line)
         .map(|line| async move {
             match line {
-                Ok(line) => answer(caller, config, &line).await,
-                Err(LinesCodecError::MaxLineLengthExceeded) => error_line(
+                Ok(Line::Text(line)) => answer(caller, config, &line).await,
+                Ok(Line::Refused(why)) => error_line(
                     &Value::Null,
                     &Failure::BadRequest {
-                        message: format!("the line exceeds {} bytes", config.max_line),
+                        message: format!("{why} (at most {} bytes)", config.max_line),
                     },
                 ),
-                Err(LinesCodecError::Io(e)) => {
+                Err(e) => {
                     tracing::debug!(error = %e, "TCP initiator connection failed");
                     String::new()
                 }
             }
         })
         .buffered(IN_FLIGHT_PER_CONNECTION);
+    tokio::pin!(answers);
     while let Some(mut out) = answers.next().await {
         if out.is_empty() {
             return;
