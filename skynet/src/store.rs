@@ -1077,11 +1077,19 @@ impl Store {
         let config = self.config();
         let deadline = Instant::now() + config.join_timeout;
         let req = Request::Join { id, addr };
+        let mut last = StoreError::Unreachable("no seed answered".into());
         loop {
-            let mut last = StoreError::Unreachable("no seed answered".into());
             for seed in &config.seeds {
                 match self.follow(Some(*seed), &req, deadline).await {
                     Ok(_) => return Ok(()),
+                    // The join timeout ran out in the middle of an attempt: what the attempts
+                    // before it met (a seed that cannot be reached, say) is the better answer.
+                    Err(Refusal::Failed(StoreError::Timeout(_)))
+                        if matches!(last, StoreError::Unreachable(_))
+                            && Instant::now() >= deadline =>
+                    {
+                        return Err(last);
+                    }
                     Err(Refusal::Failed(e)) => return Err(e),
                     Err(Refusal::Unreachable(reason)) => last = StoreError::Unreachable(reason),
                     Err(Refusal::NotReady(reason)) => last = StoreError::Timeout(reason),
