@@ -606,13 +606,14 @@ impl Supervisor {
                 .map(|a| format!("http://{a}/debug/vars"))
                 .unwrap_or_default();
             let http = p.field("http").map(|a| format!("http://{a}/")).unwrap_or_default();
-            println!(
+            let row = format!(
                 "{:<9} {:>7}  {:<16} {:<44} {http}",
                 p.role,
                 p.pid,
                 p.field("quic").unwrap_or("-"),
                 admin
             );
+            println!("{}", row.trim_end());
         }
         let url = |role: &str, key: &str| {
             self.find(role)
