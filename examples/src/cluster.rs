@@ -254,14 +254,19 @@ async fn watcher_role(common: &Common) -> anyhow::Result<()> {
         .store(StoreConfig::client(common.seeds.clone()))
         .start()
         .await?;
-    let registry = node.registry().context("a node with a store has a registry")?;
+    let registry = node
+        .registry()
+        .context("a node with a store has a registry")?;
     let mut changes = registry.changes();
     print_ready(&node, "");
     let follow = async {
         loop {
             match changes.recv().await {
                 Ok(Change::Joined(i)) => {
-                    println!("joined service={} addr={} node={}", i.service, i.addr, i.node);
+                    println!(
+                        "joined service={} addr={} node={}",
+                        i.service, i.addr, i.node
+                    );
                 }
                 Ok(Change::Left(i)) => {
                     println!("left service={} addr={} node={}", i.service, i.addr, i.node);
@@ -447,7 +452,7 @@ impl Supervisor {
         let ready = match ready {
             Ok(Ok(Some(ready))) => ready,
             Ok(Ok(None) | Err(_)) | Err(_) => {
-                    let _ = child.start_kill();
+                let _ = child.start_kill();
                 let _ = child.wait().await;
                 bail!(
                     "{role} did not start; its log:\n{}",
@@ -476,7 +481,12 @@ impl Supervisor {
             };
             exited_tx.send_replace(true);
             let role = role_name;
-            let _ = events.send(Event::Exited { role, pid, status, log });
+            let _ = events.send(Event::Exited {
+                role,
+                pid,
+                status,
+                log,
+            });
         });
         let proc = Proc {
             role: role.to_owned(),
@@ -518,14 +528,20 @@ impl Supervisor {
         let port = self.ports.udp(7001);
         let admin = self.ports.tcp(9101);
         let mut args = self.common(port, admin, &[]);
-        args.extend(["--data-dir".into(), self.dir.join("store-1").display().to_string()]);
+        args.extend([
+            "--data-dir".into(),
+            self.dir.join("store-1").display().to_string(),
+        ]);
         self.spawn("store-1", "store", args).await?;
         let first = self.find("store-1")?.addr("quic")?;
         for i in 2..=3u16 {
             let role = format!("store-{i}");
             let (port, admin) = (self.ports.udp(7000 + i), self.ports.tcp(9100 + i));
             let mut args = self.common(port, admin, &[first]);
-            args.extend(["--data-dir".into(), self.dir.join(&role).display().to_string()]);
+            args.extend([
+                "--data-dir".into(),
+                self.dir.join(&role).display().to_string(),
+            ]);
             self.spawn(&role, "store", args).await?;
         }
         let seeds: Vec<SocketAddr> = self
@@ -597,15 +613,24 @@ impl Supervisor {
 
     fn print_table(&self) {
         println!();
-        println!("skynet example cluster: {} processes on loopback", self.procs.len());
+        println!(
+            "skynet example cluster: {} processes on loopback",
+            self.procs.len()
+        );
         println!();
-        println!("{:<9} {:>7}  {:<16} {:<44} HTTP", "ROLE", "PID", "QUIC", "ADMIN");
+        println!(
+            "{:<9} {:>7}  {:<16} {:<44} HTTP",
+            "ROLE", "PID", "QUIC", "ADMIN"
+        );
         for p in &self.procs {
             let admin = p
                 .field("admin")
                 .map(|a| format!("http://{a}/debug/vars"))
                 .unwrap_or_default();
-            let http = p.field("http").map(|a| format!("http://{a}/")).unwrap_or_default();
+            let http = p
+                .field("http")
+                .map(|a| format!("http://{a}/"))
+                .unwrap_or_default();
             let row = format!(
                 "{:<9} {:>7}  {:<16} {:<44} {http}",
                 p.role,
@@ -621,10 +646,17 @@ impl Supervisor {
                 .and_then(|p| p.field(key).map(str::to_owned))
                 .unwrap_or_else(|| "?".into())
         };
-        let pid = |role: &str| self.find(role).map(|p| p.pid.to_string()).unwrap_or_default();
+        let pid = |role: &str| {
+            self.find(role)
+                .map(|p| p.pid.to_string())
+                .unwrap_or_default()
+        };
         println!();
         println!("What to try (in another terminal):");
-        println!("  1. Open http://{}/ and submit the form: \"Hello World\".", url("http-1", "http"));
+        println!(
+            "  1. Open http://{}/ and submit the form: \"Hello World\".",
+            url("http-1", "http")
+        );
         println!(
             "     Or: curl 'http://{}/new?name=World'   (http-2: http://{}/)",
             url("http-1", "http"),
@@ -648,7 +680,9 @@ impl Supervisor {
             url("hello-1", "admin")
         );
         println!();
-        println!("Registry changes (from the watcher) and deaths are reported below. Ctrl-C stops everything.");
+        println!(
+            "Registry changes (from the watcher) and deaths are reported below. Ctrl-C stops everything."
+        );
         println!("Logs: {}", self.dir.join("logs").display());
     }
 }
@@ -658,10 +692,23 @@ fn report(test_mode: bool, event: Event) {
     match (test_mode, event) {
         (true, Event::Line { role, line }) => println!("event role={role} {line}"),
         (false, Event::Line { role, line }) => println!("[{role}] {line}"),
-        (true, Event::Exited { role, pid, status, .. }) => {
+        (
+            true,
+            Event::Exited {
+                role, pid, status, ..
+            },
+        ) => {
             println!("exited role={role} pid={pid} status={status}");
         }
-        (false, Event::Exited { role, pid, status, log }) => println!(
+        (
+            false,
+            Event::Exited {
+                role,
+                pid,
+                status,
+                log,
+            },
+        ) => println!(
             "!! {role} (pid {pid}) exited: {status}; its log: {}",
             log.display()
         ),

@@ -200,11 +200,7 @@ fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .with_context(|| format!("no header end in {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .context("status")?
-        .parse()?;
+    let status = head.split_whitespace().nth(1).context("status")?.parse()?;
     Ok((status, body.to_owned()))
 }
 
@@ -247,7 +243,11 @@ fn browser_dom(url: &str) -> anyhow::Result<Option<String>> {
             bail!("chromium did not finish loading {url} in time");
         }
     };
-    ensure!(output.status.success(), "chromium failed: {}", output.status);
+    ensure!(
+        output.status.success(),
+        "chromium failed: {}",
+        output.status
+    );
     Ok(Some(String::from_utf8_lossy(&output.stdout).into_owned()))
 }
 
@@ -287,8 +287,8 @@ fn the_original_walkthrough_works_on_the_example_cluster() -> anyhow::Result<()>
     }
     let mut cluster = Cluster::start()?;
     for role in [
-        "store-1", "store-2", "store-3", "watcher", "hello-1", "hello-2", "router-1",
-        "router-2", "http-1", "http-2",
+        "store-1", "store-2", "store-3", "watcher", "hello-1", "hello-2", "router-1", "router-2",
+        "http-1", "http-2",
     ] {
         let p = cluster.proc(role)?;
         p.addr("quic")?;
@@ -304,12 +304,19 @@ fn the_original_walkthrough_works_on_the_example_cluster() -> anyhow::Result<()>
     // The form page loads.
     let (status, form) = page(http, "/")?;
     assert_eq!(status, 200);
-    assert!(form.contains("<form") && form.contains("name=\"name\""), "{form}");
+    assert!(
+        form.contains("<form") && form.contains("name=\"name\""),
+        "{form}"
+    );
 
     // Submitting it says hello.
     let (status, result) = page(http, "/new?name=World")?;
     assert_eq!(status, 200, "{result}");
-    assert_eq!(element_text(&result, "result"), Some("Hello World"), "{result}");
+    assert_eq!(
+        element_text(&result, "result"),
+        Some("Hello World"),
+        "{result}"
+    );
 
     // Kill the first router: once the initiator's view drops it, the other one answers.
     let router_2 = cluster.proc("router-2")?.addr("admin")?;
@@ -318,7 +325,11 @@ fn the_original_walkthrough_works_on_the_example_cluster() -> anyhow::Result<()>
     cluster.wait_sees("http-1", "skynet.router", 1)?;
     let (status, result) = page(http, "/new?name=World")?;
     assert_eq!(status, 200, "{result}");
-    assert_eq!(element_text(&result, "result"), Some("Hello World"), "{result}");
+    assert_eq!(
+        element_text(&result, "result"),
+        Some("Hello World"),
+        "{result}"
+    );
     assert!(debug_var(router_2, "skynet.router.run-processed")? > before);
 
     // The services count their calls: /debug/vars shows live JSON counters.
@@ -345,7 +356,10 @@ fn the_original_walkthrough_works_on_the_example_cluster() -> anyhow::Result<()>
     let pids: Vec<u32> = cluster.procs.values().map(|p| p.pid).collect();
     let status = cluster.stop()?;
     assert!(status.success(), "{status}");
-    assert!(!dir.as_os_str().is_empty() && !dir.exists(), "{dir:?} is left");
+    assert!(
+        !dir.as_os_str().is_empty() && !dir.exists(),
+        "{dir:?} is left"
+    );
     for pid in pids {
         assert!(
             !PathBuf::from(format!("/proc/{pid}")).exists(),
