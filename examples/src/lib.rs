@@ -1,6 +1,8 @@
 //! Runnable examples of skynet (see the `[[example]]` targets) and the sample Hello World
 //! service they run, also shipped as the `hello-service` binary.
 
+pub mod cluster;
+
 use serde::{Deserialize, Serialize};
 use skynet::ServiceError;
 
