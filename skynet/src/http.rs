@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -95,7 +95,52 @@ async fn accept_loop<H, Fut>(
     H: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(limits.connections));
+    let serve = {
+        let stop = stop.clone();
+        move |stream: TcpStream| {
+            let (handler, stop) = (handler.clone(), stop.clone());
+            async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let response = handler(request);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEAD_TIMEOUT)
+                    .max_buf_size(MAX_HEAD)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "HTTP connection failed");
+                        }
+                        return;
+                    }
+                    () = stop.cancelled() => {}
+                    () = tokio::time::sleep(limits.connection_time) => {}
+                }
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+            }
+        }
+    };
+    accept_connections(listener, limits.connections, stop, tasks, serve).await;
+}
+
+/// Accepts connections until `stop`, serving at most `connections` at once (more are closed
+/// on accept), each in a task of `tasks` running `serve`.
+pub(crate) async fn accept_connections<S, Fut>(
+    listener: TcpListener,
+    connections: usize,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+    serve: S,
+) where
+    S: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(connections));
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -105,7 +150,7 @@ async fn accept_loop<H, Fut>(
             Ok((stream, _)) => stream,
             Err(e) => {
                 // Out of descriptors, typically: pause rather than spin on the error.
-                tracing::warn!(error = %e, "HTTP port cannot accept");
+                tracing::warn!(error = %e, "cannot accept a connection");
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_millis(100)) => continue,
@@ -113,35 +158,13 @@ async fn accept_loop<H, Fut>(
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("HTTP port at its connection limit");
+            tracing::debug!("at the connection limit; closing a new connection");
             continue;
         };
-        let handler = handler.clone();
-        let stop = stop.clone();
+        let connection = serve(stream);
         tasks.spawn(async move {
             let _slot = slot;
-            let service = hyper::service::service_fn(move |request| {
-                let response = handler(request);
-                async move { Ok::<_, Infallible>(response.await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "HTTP connection failed");
-                    }
-                    return;
-                }
-                () = stop.cancelled() => {}
-                () = tokio::time::sleep(limits.connection_time) => {}
-            }
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
+            connection.await;
         });
     }
 }

@@ -35,6 +35,8 @@ pub struct NodeBuilder {
     bind: Bind,
     credentials: Option<CredentialSource>,
     services: Vec<Result<ServiceDef, ServiceDefError>>,
+    /// Hosted services that are not registered in the registry.
+    unlisted: std::collections::HashSet<String>,
     config: RpcConfig,
     store: Option<StoreConfig>,
     host: Option<String>,
@@ -83,6 +85,19 @@ impl NodeBuilder {
     /// Hosts a service: a `#[skynet::service]` value or a [`ServiceDef`].
     pub fn service(mut self, service: impl IntoService) -> Self {
         self.services.push(service.into_service());
+        self
+    }
+
+    /// Hosts `service` for this process only: calls from this node reach it in-process and a
+    /// caller that knows the address can call it, but it is not registered, so calls by name
+    /// from other nodes never choose it. An initiator that runs routes itself, without a
+    /// router process, hosts its router this way.
+    pub fn unlisted_service(mut self, service: impl IntoService) -> Self {
+        let service = service.into_service();
+        if let Ok(def) = &service {
+            self.unlisted.insert(def.name().to_owned());
+        }
+        self.services.push(service);
         self
     }
 
@@ -209,6 +224,7 @@ impl NodeBuilder {
                 started_at_ms: unix_ms(),
                 registry: OnceLock::new(),
                 registration_config: self.registration,
+                unlisted: self.unlisted,
                 registration: OnceLock::new(),
                 background: CancellationToken::new(),
                 admin,
@@ -281,6 +297,8 @@ pub(crate) struct NodeInner {
     /// Set once the node has a store: the live view of every instance.
     registry: OnceLock<Registry>,
     registration_config: RegistrationConfig,
+    /// Hosted services left out of the registry ([`NodeBuilder::unlisted_service`]).
+    unlisted: std::collections::HashSet<String>,
     /// Set once this node's services are registered.
     registration: OnceLock<Arc<Registration>>,
     /// Ends the node's background tasks (registry view, probes) at shutdown.
@@ -317,6 +335,7 @@ impl Node {
             bind: Bind::default(),
             credentials: None,
             services: Vec::new(),
+            unlisted: std::collections::HashSet::new(),
             config: RpcConfig::default(),
             store: None,
             host: None,
@@ -431,7 +450,7 @@ impl Node {
         let records: Vec<Instance> = inner
             .services
             .values()
-            .filter(|def| !store::is_internal(def.name()))
+            .filter(|def| !store::is_internal(def.name()) && !inner.unlisted.contains(def.name()))
             .map(|def| self.instance_record(def))
             .collect();
         if records.is_empty() {

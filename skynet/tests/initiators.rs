@@ -35,6 +35,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    /// `with_router: false` starts no router: the worker hosts only the service.
+    async fn start_with(with_router: bool) -> anyhow::Result<Self> {
         let credentials = tempfile::tempdir()?;
         let data = tempfile::tempdir()?;
         let store = Node::builder()
@@ -62,12 +67,14 @@ impl Cluster {
             },
         );
         let router = Router::new();
-        let worker = builder("worker")
-            .service(greeter)
-            .service(router.service())
-            .start()
-            .await?;
-        router.attach(&worker)?;
+        let mut worker = builder("worker").service(greeter);
+        if with_router {
+            worker = worker.service(router.service());
+        }
+        let worker = worker.start().await?;
+        if with_router {
+            router.attach(&worker)?;
+        }
         let caller = builder("initiator").start().await?;
         let store_handle = caller.store().context("store")?;
         route::put(
@@ -84,15 +91,18 @@ impl Cluster {
         let registry = caller.registry().context("registry")?;
         registry
             .wait_for(WAIT, |s| {
-                !s.instances("greeter").is_empty() && !s.instances("skynet.router").is_empty()
+                !s.instances("greeter").is_empty()
+                    && (!with_router || !s.instances("skynet.router").is_empty())
             })
             .await
             .context("the worker registered")?;
-        let table = router.table().context("router table")?;
-        table
-            .wait_for(WAIT, |t| t.get("ghost").is_some())
-            .await
-            .context("the router sees the routes")?;
+        if with_router {
+            let table = router.table().context("router table")?;
+            table
+                .wait_for(WAIT, |t| t.get("ghost").is_some())
+                .await
+                .context("the router sees the routes")?;
+        }
         Ok(Self {
             credentials,
             _data: data,
@@ -387,6 +397,48 @@ async fn a_file_run_killed_mid_file_resumes_without_redoing_finished_lines() -> 
         second_run <= unanswered + 4,
         "the second run served {second_run} lines; only {unanswered} (+4 in flight) were left"
     );
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_router_processes_an_initiator_runs_routes_itself() -> TestResult {
+    let cluster = Cluster::start_with(false).await?;
+    // No router anywhere: the route cannot run.
+    let plain = cluster.route_caller();
+    let failure = plain
+        .run("hello", json!({"name": "x"}))
+        .await
+        .expect_err("no router");
+    assert_eq!(failure.http_status(), 503, "{failure}");
+
+    // An initiator node hosting an unlisted router of its own runs it in-process.
+    let router = Router::new();
+    let seed = cluster.nodes[0].local_addr();
+    let direct = Node::builder()
+        .name("direct-initiator")
+        .development_credentials(cluster.credentials.path())
+        .store(StoreConfig::client(vec![seed]))
+        .unlisted_service(router.service())
+        .start()
+        .await?;
+    router.attach(&direct)?;
+    router
+        .table()
+        .context("table")?
+        .wait_for(WAIT, |t| t.get("hello").is_some())
+        .await
+        .context("routes read")?;
+    let output = RouteCaller::new(&direct, Duration::from_secs(10))
+        .run("hello", json!({"name": "direct"}))
+        .await?;
+    assert_eq!(output["greeting"], "Hello direct");
+    // ...and does not offer it to anyone else.
+    let registry = direct.registry().context("registry")?;
+    assert!(registry.snapshot().instances("skynet.router").is_empty());
+    assert_eq!(registry.snapshot().instances("greeter").len(), 1);
+
+    direct.shutdown().await;
     cluster.stop().await;
     Ok(())
 }

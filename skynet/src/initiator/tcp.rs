@@ -94,35 +94,20 @@ async fn accept_loop(
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(state.1.max_connections));
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "TCP initiator cannot accept");
+    let connections = state.1.max_connections;
+    let serve = {
+        let stop = stop.clone();
+        move |stream: TcpStream| {
+            let (state, stop) = (state.clone(), stop.clone());
+            async move {
                 tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(std::time::Duration::from_millis(100)) => continue,
+                    () = serve(stream, &state) => {}
+                    () = stop.cancelled() => {}
                 }
             }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("TCP initiator at its connection limit");
-            continue;
-        };
-        let (state, stop) = (state.clone(), stop.clone());
-        tasks.spawn(async move {
-            let _slot = slot;
-            tokio::select! {
-                () = serve(stream, &state) => {}
-                () = stop.cancelled() => {}
-            }
-        });
-    }
+        }
+    };
+    crate::http::accept_connections(listener, connections, stop, tasks, serve).await;
 }
 
 async fn serve(stream: TcpStream, state: &(RouteCaller, TcpConfig)) {

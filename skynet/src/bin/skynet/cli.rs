@@ -158,6 +158,11 @@ pub(crate) struct HttpInitiatorArgs {
     #[arg(long, default_value = "hello")]
     pub(crate) route: String,
 
+    /// Run routes in this process instead of on router processes (the original's "advanced
+    /// configuration": initiators calling services without a router).
+    #[arg(long)]
+    pub(crate) direct: bool,
+
     /// Deadline of one request, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]

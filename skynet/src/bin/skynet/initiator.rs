@@ -21,9 +21,23 @@ pub(crate) async fn run(command: InitiatorCommand, out: &mut impl Write) -> Resu
         InitiatorCommand::Tcp(a) => (&a.client, "tcp-initiator"),
         InitiatorCommand::File(a) => (&a.client, "file-initiator"),
     };
-    let Some(node) = client::start(client::builder(args, role), &mut signals).await? else {
+    // With --direct the node hosts a router of its own, unlisted: its route runs are local
+    // calls, and no other node sends it theirs.
+    let router =
+        matches!(&command, InitiatorCommand::Http(a) if a.direct).then(skynet::route::Router::new);
+    let mut builder = client::builder(args, role);
+    if let Some(router) = &router {
+        builder = builder.unlisted_service(router.service());
+    }
+    let Some(node) = client::start(builder, &mut signals).await? else {
         return Ok(());
     };
+    if let Some(router) = &router
+        && let Err(e) = router.attach(&node)
+    {
+        node.shutdown().await;
+        return Err(skynet::NodeError::Config(e.to_string()).into());
+    }
     let result = serve(&command, &node, &mut signals, out).await;
     node.shutdown().await;
     result
