@@ -26,9 +26,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
-use hdrhistogram::Histogram;
 use skynet::registry::Change;
 use skynet::{Node, NodeBuilder, ServiceClient, ServiceDef, ServiceError, StoreConfig};
+use skynet_benches::{Call, Sample, closed_loop, median};
 
 const COMMAND: &str = "cargo bench -p skynet-benches --bench registry";
 /// Set in the environment of the service processes this benchmark starts.
@@ -103,53 +103,24 @@ async fn serve(role: &str) -> Result<()> {
     Ok(())
 }
 
-struct Sample {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
+/// One caller of `echo.call` with 64 bytes.
+struct EchoCall(ServiceClient);
+
+impl Call for EchoCall {
+    async fn call(&mut self) -> Result<()> {
+        let (reply, _) = call(&self.0, vec![7u8; 64]).await?;
+        ensure!(reply.len() == 64, "short echo");
+        Ok(())
+    }
 }
 
-async fn closed_loop(
+async fn measure_loop(
     client: &ServiceClient,
     in_flight: usize,
     measure: Duration,
 ) -> Result<Sample> {
-    let measure_from = Instant::now() + WARMUP;
-    let stop_at = measure_from + measure;
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..in_flight {
-        let client = client.clone();
-        tasks.spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3)?;
-            let payload = vec![7u8; 64];
-            loop {
-                let start = Instant::now();
-                if start >= stop_at {
-                    break;
-                }
-                let (reply, _) = call(&client, payload.clone()).await?;
-                ensure!(reply.len() == 64, "short echo");
-                if start >= measure_from {
-                    hist.saturating_record(u64::try_from(start.elapsed().as_nanos())?);
-                }
-            }
-            Ok::<_, anyhow::Error>(hist)
-        });
-    }
-    let mut total = Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3)?;
-    while let Some(joined) = tasks.join_next().await {
-        total.add(&joined??)?;
-    }
-    Ok(Sample {
-        rps: total.len() as f64 / measure.as_secs_f64(),
-        p50_us: total.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_us: total.value_at_quantile(0.99) as f64 / 1000.0,
-    })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    let callers = (0..in_flight).map(|_| EchoCall(client.clone())).collect();
+    closed_loop(callers, WARMUP, measure).await
 }
 
 async fn run() -> Result<()> {
@@ -191,11 +162,11 @@ async fn run() -> Result<()> {
         for round in 1..=rounds {
             // Alternate the order so neither always runs on a warmer machine.
             let (a, b) = if round % 2 == 1 {
-                let a = closed_loop(&by_name, n, measure).await?;
-                (a, closed_loop(&direct, n, measure).await?)
+                let a = measure_loop(&by_name, n, measure).await?;
+                (a, measure_loop(&direct, n, measure).await?)
             } else {
-                let b = closed_loop(&direct, n, measure).await?;
-                (closed_loop(&by_name, n, measure).await?, b)
+                let b = measure_loop(&direct, n, measure).await?;
+                (measure_loop(&by_name, n, measure).await?, b)
             };
             eprintln!(
                 "round {round}, {n} in flight: by name {:.0} req/s (p50 {:.1} µs), direct {:.0} req/s (p50 {:.1} µs)",

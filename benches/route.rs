@@ -13,14 +13,14 @@
 //! `SKYNET_BENCH_ROUNDS` (default 3).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
-use hdrhistogram::Histogram;
 use skynet::initiator::RouteCaller;
 use skynet::initiator::http::{HttpConfig, HttpInitiator};
 use skynet::route::{self, Hop, Route, Router};
 use skynet::{Node, ServiceDef, ServiceError, StoreConfig};
+use skynet_benches::{Call, Sample, closed_loop, median};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
 const COMMAND: &str = "cargo bench -p skynet-benches --bench route";
@@ -40,56 +40,6 @@ fn env_or(name: &str, default: f64) -> Result<f64> {
         Ok(v) => v.parse().with_context(|| format!("{name}={v:?}")),
         Err(_) => Ok(default),
     }
-}
-
-struct Sample {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-}
-
-/// Runs `in_flight` closed-loop clients of `call` and summarizes the measured window.
-async fn closed_loop<F, Fut>(in_flight: usize, measure: Duration, make: F) -> Result<Sample>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<Box<dyn Caller>>>,
-{
-    let from = Instant::now() + WARMUP;
-    let until = from + measure;
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..in_flight {
-        let mut caller = make().await?;
-        tasks.spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-            loop {
-                let start = Instant::now();
-                if start >= until {
-                    break;
-                }
-                caller.call().await?;
-                if start >= from {
-                    hist.saturating_record(u64::try_from(start.elapsed().as_nanos())?);
-                }
-            }
-            Ok::<_, anyhow::Error>(hist)
-        });
-    }
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
-    while let Some(hist) = tasks.join_next().await {
-        total.add(&hist??)?;
-    }
-    Ok(Sample {
-        rps: total.len() as f64 / measure.as_secs_f64(),
-        p50_us: total.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_us: total.value_at_quantile(0.99) as f64 / 1000.0,
-    })
-}
-
-/// One client of the benchmark: makes one call per `call`.
-trait Caller: Send {
-    fn call(
-        &mut self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>>;
 }
 
 /// A keep-alive HTTP/1.1 connection posting to the route.
@@ -148,29 +98,23 @@ impl HttpCaller {
     }
 }
 
-impl Caller for HttpCaller {
-    fn call(
-        &mut self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
-        Box::pin(self.post())
+impl Call for HttpCaller {
+    async fn call(&mut self) -> Result<()> {
+        self.post().await
     }
 }
 
 /// A typed call by name of one step.
 struct DirectCaller(skynet::ServiceClient);
 
-impl Caller for DirectCaller {
-    fn call(
-        &mut self,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + '_>> {
-        Box::pin(async move {
-            let out: String = self
-                .0
-                .call::<String, String, ServiceError>("append", String::new())
-                .await?;
-            ensure!(out.len() == 1, "one step appends one letter");
-            Ok(())
-        })
+impl Call for DirectCaller {
+    async fn call(&mut self) -> Result<()> {
+        let out: String = self
+            .0
+            .call::<String, String, ServiceError>("append", String::new())
+            .await?;
+        ensure!(out.len() == 1, "one step appends one letter");
+        Ok(())
     }
 }
 
@@ -238,15 +182,15 @@ async fn run() -> Result<()> {
     for &n in &IN_FLIGHT {
         let (mut routed, mut direct) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
-            let r = closed_loop(n, measure, || async move {
-                Ok(Box::new(HttpCaller::connect(addr).await?) as Box<dyn Caller>)
-            })
-            .await?;
-            let d = closed_loop(n, measure, || {
-                let c = caller.client("step");
-                async move { Ok(Box::new(DirectCaller(c)) as Box<dyn Caller>) }
-            })
-            .await?;
+            let mut connections = Vec::with_capacity(n);
+            for _ in 0..n {
+                connections.push(HttpCaller::connect(addr).await?);
+            }
+            let r = closed_loop(connections, WARMUP, measure).await?;
+            let direct_callers = (0..n)
+                .map(|_| DirectCaller(caller.client("step")))
+                .collect();
+            let d = closed_loop(direct_callers, WARMUP, measure).await?;
             eprintln!(
                 "round {round}, {n} in flight: HTTP → router → 3 hops {:.0} req/s (p50 {:.0} µs); direct call {:.0} req/s (p50 {:.0} µs)",
                 r.rps, r.p50_us, d.rps, d.p50_us
@@ -261,11 +205,7 @@ async fn run() -> Result<()> {
         node.shutdown().await;
     }
 
-    let median = |v: &[Sample], f: fn(&Sample) -> f64| {
-        let mut x: Vec<f64> = v.iter().map(f).collect();
-        x.sort_by(f64::total_cmp);
-        x[x.len() / 2]
-    };
+    let median = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
     println!("## Routes: HTTP initiator → router → 3 hops");
     println!();
     println!("Command: `{COMMAND}`");
