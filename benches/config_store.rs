@@ -29,6 +29,7 @@
 //! - `SKYNET_BENCH_KEYS`: size of the key space (default 1000).
 //! - `SKYNET_BENCH_DIR`: where the temporary data directory goes (default the system's).
 //! - `SKYNET_BENCH_VERBOSE`: print each distinct error seen while a failover is under way.
+//! - `RUST_LOG`: log filter of the skynet members (their logs go to stderr); off by default.
 //! - `SKYNET_BENCH_IDLE_TIMEOUT_MS`: QUIC idle timeout of the skynet members and client node
 //!   (keep-alive a quarter of it); default skynet's own (10 s). For studying failover.
 //!
@@ -174,6 +175,13 @@ impl Settings {
 /// `ready ADDR` once it follows a leader, then `status ID LEADER TERM VOTERS` on every change of
 /// its view, and stops (gracefully) when its stdin closes: the benchmark closes it, or dies.
 fn member_main(name: &str) -> Result<()> {
+    // `RUST_LOG` turns on the members' logs (to the benchmark's stderr), for studying a run.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let var = |key: &str| {
         std::env::var(format!("SKYNET_BENCH_STORE_{key}"))
             .with_context(|| format!("member {name}: SKYNET_BENCH_STORE_{key} is not set"))
@@ -210,24 +218,32 @@ fn member_main(name: &str) -> Result<()> {
         let store = node.store().context("the member has no store")?;
         println!("ready {}", node.local_addr());
         let status = tokio::spawn(async move {
-            let mut last = None;
+            // Leadership changes are printed at once; progress (the applied index) at most every
+            // 50 ms, so that the load phases do not pay for a line per write.
+            let view = |s: &skynet::store::StoreStatus| (s.leader, s.term, s.voters.len());
+            let mut last: Option<((Option<u64>, u64, usize), Option<u64>)> = None;
             loop {
                 let seen = last;
                 match store
                     .wait_for(Duration::from_secs(3600), move |s| {
-                        seen.as_ref() != Some(&(s.leader, s.term, s.voters.len()))
+                        seen != Some((view(s), s.last_applied))
                     })
                     .await
                 {
                     Ok(s) => {
                         println!(
-                            "status {} {} {} {}",
+                            "status {} {} {} {} {}",
                             s.id,
                             s.leader.unwrap_or(0),
                             s.term,
-                            s.voters.len()
+                            s.voters.len(),
+                            s.last_applied.unwrap_or(0)
                         );
-                        last = Some((s.leader, s.term, s.voters.len()));
+                        let only_progress = seen.is_some_and(|(v, _)| v == view(&s));
+                        last = Some((view(&s), s.last_applied));
+                        if only_progress {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
                 }
@@ -250,6 +266,7 @@ struct MemberView {
     id: u64,
     leader: u64,
     voters: usize,
+    applied: u64,
 }
 
 struct SkynetMember {
@@ -330,11 +347,12 @@ impl SkynetCluster {
                             let _ = tx.send(());
                         }
                     }
-                    ["status", id, leader, _term, voters] => {
+                    ["status", id, leader, _term, voters, applied] => {
                         *view.lock().unwrap_or_else(PoisonError::into_inner) = Some(MemberView {
                             id: id.parse().unwrap_or(0),
                             leader: leader.parse().unwrap_or(0),
                             voters: voters.parse().unwrap_or(0),
+                            applied: applied.parse().unwrap_or(0),
                         });
                     }
                     _ => {}
@@ -359,12 +377,18 @@ impl SkynetCluster {
     }
 
     /// The index of the member every live member names as leader, once all are up and agree.
+    /// Also waits for every member to have applied the same log: a restarted member has caught up.
     fn agreed_leader(&self) -> Option<usize> {
         let views = self.views();
         let first = views.first().copied().flatten()?;
-        let agree = views
-            .iter()
-            .all(|v| v.is_some_and(|v| v.leader == first.leader && v.leader != 0 && v.voters == 3));
+        let agree = views.iter().all(|v| {
+            v.is_some_and(|v| {
+                v.leader == first.leader
+                    && v.leader != 0
+                    && v.voters == 3
+                    && v.applied == first.applied
+            })
+        });
         if !agree {
             return None;
         }
@@ -574,6 +598,8 @@ mod pb {
         pub(super) header: Option<ResponseHeader>,
         #[prost(uint64, tag = "4")]
         pub(super) leader: u64,
+        #[prost(uint64, tag = "7")]
+        pub(super) raft_applied_index: u64,
     }
 }
 
@@ -688,10 +714,12 @@ impl Etcd {
         Ok(etcd)
     }
 
-    /// The index and member id of the member all three name as leader, once they agree.
+    /// The index and member id of the member all three name as leader, once they agree and have
+    /// applied the same log (a restarted member has caught up).
     async fn agreed_leader(&self) -> Option<(usize, u64)> {
         let mut ids = Vec::new();
         let mut leader = None;
+        let mut applied = None;
         for m in &self.members {
             let status: pb::StatusResponse = tokio::time::timeout(
                 Duration::from_secs(1),
@@ -700,10 +728,14 @@ impl Etcd {
             .await
             .ok()?
             .ok()?;
-            if status.leader == 0 || leader.is_some_and(|l| l != status.leader) {
+            if status.leader == 0
+                || leader.is_some_and(|l| l != status.leader)
+                || applied.is_some_and(|a| a != status.raft_applied_index)
+            {
                 return None;
             }
             leader = Some(status.leader);
+            applied = Some(status.raft_applied_index);
             ids.push(status.header.map_or(0, |h| h.member_id));
         }
         let leader = leader?;

@@ -114,12 +114,15 @@ impl Call for EchoCall {
     }
 }
 
+/// `in_flight` closed-loop callers, caller `i` using `clients[i % clients.len()]`.
 async fn measure_loop(
-    client: &ServiceClient,
+    clients: &[ServiceClient],
     in_flight: usize,
     measure: Duration,
 ) -> Result<Sample> {
-    let callers = (0..in_flight).map(|_| EchoCall(client.clone())).collect();
+    let callers = (0..in_flight)
+        .map(|i| EchoCall(clients[i % clients.len()].clone()))
+        .collect();
     closed_loop(callers, WARMUP, measure).await
 }
 
@@ -154,28 +157,39 @@ async fn run() -> Result<()> {
         .wait_for(Duration::from_secs(20), |s| s.instances("echo").len() == 3)
         .await
         .context("three instances registered")?;
-    let by_name = caller.client("echo");
-    let direct = caller.client("echo").at(instances[0].local_addr());
+    // Three ways to reach the same instances: by name (registry and balancer), by address over all
+    // three (the same connections and server work as by name, without the registry and balancer),
+    // and by address to one instance (one connection, the fullest write batches).
+    let by_name = [caller.client("echo")];
+    let spread: Vec<ServiceClient> = instances
+        .iter()
+        .map(|i| caller.client("echo").at(i.local_addr()))
+        .collect();
+    let direct = [caller.client("echo").at(instances[0].local_addr())];
+    let ways: [&[ServiceClient]; 3] = [&by_name, &spread, &direct];
     let mut table = Vec::new();
     for &n in &IN_FLIGHT {
-        let (mut named, mut fixed) = (Vec::new(), Vec::new());
-        for round in 1..=rounds {
-            // Alternate the order so neither always runs on a warmer machine.
-            let (a, b) = if round % 2 == 1 {
-                let a = measure_loop(&by_name, n, measure).await?;
-                (a, measure_loop(&direct, n, measure).await?)
-            } else {
-                let b = measure_loop(&direct, n, measure).await?;
-                (measure_loop(&by_name, n, measure).await?, b)
-            };
+        let mut samples: [Vec<Sample>; 3] = Default::default();
+        for round in 0..rounds {
+            // Rotate the order so none always runs on a warmer machine.
+            for k in 0..ways.len() {
+                let way = (round + k) % ways.len();
+                samples[way].push(measure_loop(ways[way], n, measure).await?);
+            }
+            let [a, b, c] = &samples;
+            let last = |v: &[Sample]| v.last().map_or((0.0, 0.0), |s| (s.rps, s.p50_us));
             eprintln!(
-                "round {round}, {n} in flight: by name {:.0} req/s (p50 {:.1} µs), direct {:.0} req/s (p50 {:.1} µs)",
-                a.rps, a.p50_us, b.rps, b.p50_us
+                "round {}, {n} in flight: by name {:.0} req/s (p50 {:.1} µs), spread {:.0} req/s (p50 {:.1} µs), one instance {:.0} req/s (p50 {:.1} µs)",
+                round + 1,
+                last(a).0,
+                last(a).1,
+                last(b).0,
+                last(b).1,
+                last(c).0,
+                last(c).1,
             );
-            named.push(a);
-            fixed.push(b);
         }
-        table.push((n, named, fixed));
+        table.push((n, samples));
     }
     for node in &instances {
         node.shutdown().await;
@@ -208,19 +222,25 @@ async fn run() -> Result<()> {
     );
     println!();
     println!(
-        "| in flight | by name req/s | p50 µs | p99 µs | direct req/s | p50 µs | p99 µs | by name / direct |"
+        "\"By address, spread\" calls the same three instances by address (caller i uses instance i mod 3): the same connections and server work as by name, without registry and balancer. \"One instance\" sends everything over one connection."
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (n, named, fixed) in &table {
+    println!();
+    println!(
+        "| in flight | by name req/s | p50 µs | p99 µs | by address, spread req/s | p50 µs | p99 µs | one instance req/s | p50 µs | by name / spread | by name / one instance |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, [named, spread, one]) in &table {
         let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
-        let (nr, fr) = (m(named, |s| s.rps), m(fixed, |s| s.rps));
+        let (nr, sr, or) = (m(named, |s| s.rps), m(spread, |s| s.rps), m(one, |s| s.rps));
         println!(
-            "| {n} | {nr:.0} | {:.1} | {:.1} | {fr:.0} | {:.1} | {:.1} | {:.3}x |",
+            "| {n} | {nr:.0} | {:.1} | {:.1} | {sr:.0} | {:.1} | {:.1} | {or:.0} | {:.1} | {:.3}x | {:.3}x |",
             m(named, |s| s.p50_us),
             m(named, |s| s.p99_us),
-            m(fixed, |s| s.p50_us),
-            m(fixed, |s| s.p99_us),
-            nr / fr
+            m(spread, |s| s.p50_us),
+            m(spread, |s| s.p99_us),
+            m(one, |s| s.p50_us),
+            nr / sr,
+            nr / or
         );
     }
     println!();

@@ -15,8 +15,8 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use openraft::error::{
-    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError,
-    Unreachable,
+    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -76,6 +76,12 @@ pub trait Transport: Send + Sync + 'static {
         kind: RpcKind,
         request: Vec<u8>,
     ) -> impl Future<Output = Result<Vec<u8>, TransportError>> + Send;
+
+    /// The longest request this transport carries. An append-entries request that would be longer
+    /// is not sent: openraft is asked to send fewer entries at a time instead.
+    fn max_request_len(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// A request as it travels between members.
@@ -184,7 +190,14 @@ impl<T: Transport> PeerClient<T> {
         kind: RpcKind,
         req: &WireRequest,
     ) -> Result<R, CallError> {
-        let bytes = codec::encode(req)?;
+        self.call_encoded(kind, codec::encode(req)?).await
+    }
+
+    async fn call_encoded<R: serde::de::DeserializeOwned>(
+        &self,
+        kind: RpcKind,
+        bytes: Vec<u8>,
+    ) -> Result<R, CallError> {
         let reply = self
             .transport
             .call(self.target, &self.addr, kind, bytes)
@@ -213,8 +226,20 @@ impl<T: Transport> RaftNetwork<TypeConfig> for PeerClient<T> {
         rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
+        let entries = rpc.entries.len();
+        let bytes = codec::encode(&WireRequest::AppendEntries(rpc))
+            .map_err(|e| self.rpc_error(e.into()))?;
+        let limit = self.transport.max_request_len();
+        if bytes.len() > limit && entries > 1 {
+            // openraft retries at once with at most this many entries per request.
+            let fitting = entries.saturating_mul(limit) / bytes.len();
+            let hint = u64::try_from(fitting.max(1)).unwrap_or(1);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
         let reply: AppendReply = self
-            .call(RpcKind::AppendEntries, &WireRequest::AppendEntries(rpc))
+            .call_encoded(RpcKind::AppendEntries, bytes)
             .await
             .map_err(|e| self.rpc_error(e))?;
         reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -260,15 +285,32 @@ impl<T: Transport> RaftNetwork<TypeConfig> for PeerClient<T> {
 // ===== MemTransport =====
 
 /// An in-memory [`Transport`] for tests: delivers requests by calling the target's handler.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemTransport {
     handlers: Arc<Mutex<HashMap<NodeId, RpcHandler>>>,
+    max_request_len: usize,
+}
+
+impl Default for MemTransport {
+    fn default() -> Self {
+        Self {
+            handlers: Arc::default(),
+            max_request_len: usize::MAX,
+        }
+    }
 }
 
 impl MemTransport {
     /// An empty network.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same network, refusing requests longer than `len` bytes (as a real transport's frame
+    /// limit does).
+    pub fn with_max_request_len(mut self, len: usize) -> Self {
+        self.max_request_len = len;
+        self
     }
 
     /// Connects node `id`; requests to it reach `handler`.
@@ -294,6 +336,16 @@ impl Transport for MemTransport {
         _kind: RpcKind,
         request: Vec<u8>,
     ) -> Result<Vec<u8>, TransportError> {
+        if request.len() > self.max_request_len {
+            return Err(TransportError::Failed {
+                node: target,
+                reason: format!(
+                    "request of {} bytes over the {} byte limit",
+                    request.len(),
+                    self.max_request_len
+                ),
+            });
+        }
         let handler = self.lock().get(&target).cloned();
         let Some(handler) = handler else {
             return Err(TransportError::Unreachable {
@@ -308,5 +360,9 @@ impl Transport for MemTransport {
                 node: target,
                 reason: e.to_string(),
             })
+    }
+
+    fn max_request_len(&self) -> usize {
+        self.max_request_len
     }
 }

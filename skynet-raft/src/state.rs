@@ -169,6 +169,43 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// About how many bytes the command takes in the log: what a batch of commands is sized by.
+    pub(crate) fn size_hint(&self) -> usize {
+        const OVERHEAD: usize = 16;
+        OVERHEAD
+            + match self {
+                Command::Op(op) => op.size_hint(),
+                Command::Txn(txn) => {
+                    let compares: usize = txn
+                        .compares
+                        .iter()
+                        .map(|c| {
+                            c.key.len()
+                                + match &c.target {
+                                    CompareTarget::Value(v) => v.len(),
+                                    _ => 8,
+                                }
+                        })
+                        .sum();
+                    let ops = txn.success.iter().chain(&txn.failure).map(Op::size_hint);
+                    compares + ops.sum::<usize>()
+                }
+                Command::LeaseGrant { .. } | Command::LeaseRevoke { .. } => 16,
+                Command::LeaseExpire { ids } => ids.len() * 8,
+            }
+    }
+}
+
+impl Op {
+    fn size_hint(&self) -> usize {
+        match self {
+            Op::Put { key, value, .. } => key.len() + value.len() + 8,
+            Op::Delete { key, .. } | Op::Get { key } => key.len() + 2,
+        }
+    }
+}
+
 /// The result of one [`Op`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OpResponse {

@@ -58,16 +58,15 @@ impl std::fmt::Display for NodeAddr {
 pub(crate) enum Response {
     /// A blank or membership entry: nothing for a client.
     Empty,
-    /// The command applied.
-    Applied(Outcome),
-    /// The command was rejected and changed nothing.
-    Rejected(CommandError),
+    /// The entry's commands, in order: each applied, or rejected having changed nothing.
+    Applied(Vec<Result<Outcome, CommandError>>),
 }
 
 openraft::declare_raft_types!(
-    /// skynet-raft's openraft type configuration.
+    /// skynet-raft's openraft type configuration. A normal entry carries a batch of commands
+    /// (group commit, see `node`), applied in order as if each had an entry of its own.
     pub(crate) TypeConfig:
-        D = Command,
+        D = Vec<Command>,
         R = Response,
         NodeId = u64,
         Node = NodeAddr,
@@ -404,10 +403,9 @@ impl StateMachineStore {
             data.last_applied = Some(entry.log_id);
             out.push(match entry.payload {
                 EntryPayload::Blank => Response::Empty,
-                EntryPayload::Normal(cmd) => match data.kv.apply(&cmd) {
-                    Ok(o) => Response::Applied(o),
-                    Err(e) => Response::Rejected(e),
-                },
+                EntryPayload::Normal(cmds) => {
+                    Response::Applied(cmds.iter().map(|cmd| data.kv.apply(cmd)).collect())
+                }
                 EntryPayload::Membership(m) => {
                     data.last_membership = StoredMembership::new(Some(entry.log_id), m);
                     Response::Empty

@@ -151,3 +151,88 @@ async fn invalid_timing_is_refused_at_start() {
     let res = RaftNode::start(1, dir.path().join("n.redb"), &config, MemTransport::new()).await;
     assert!(matches!(res, Err(RaftNodeError::Config { .. })));
 }
+
+/// Writes that arrive together share log entries (group commit), yet each is applied on its own:
+/// its own revision, its own result, a rejected one next to accepted ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_entries_and_keep_their_own_results() -> Result<(), RaftNodeError> {
+    const WRITES: u64 = 200;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let net = MemTransport::new();
+    let node = std::sync::Arc::new(start(&net, dir.path(), 1).await);
+    node.initialize([(1, addr(1))].into()).await?;
+    node.wait_for_leader(WAIT, |l| l == 1).await?;
+    let before = node.metrics().last_log_index.unwrap_or(0);
+
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..WRITES {
+        let node = node.clone();
+        writes.spawn(async move { node.write(put(&format!("k{i}"), "v")).await });
+    }
+    let rejected = node.write(Command::LeaseRevoke { id: 999 }).await;
+    assert_eq!(
+        rejected,
+        Err(RaftNodeError::Rejected(
+            skynet_raft::state::CommandError::LeaseNotFound { id: 999 }
+        ))
+    );
+    let mut revisions = BTreeSet::new();
+    while let Some(done) = writes.join_next().await {
+        let outcome = done.expect("write task")?;
+        assert!(revisions.insert(outcome.revision), "revisions are unique");
+    }
+    assert_eq!(revisions, (1..=WRITES).collect::<BTreeSet<_>>());
+    let entries = node.metrics().last_log_index.unwrap_or(0) - before;
+    assert!(
+        entries < WRITES,
+        "{WRITES} concurrent writes took {entries} log entries: no batching"
+    );
+    node.shutdown().await
+}
+
+/// A member that catches up on many entries gets them in requests the transport can carry: a
+/// request over the transport's limit is never sent, openraft sends fewer entries instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catching_up_respects_the_transport_request_limit() -> Result<(), RaftNodeError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let net = MemTransport::new().with_max_request_len(16 << 10);
+    let n1 = start(&net, dir.path(), 1).await;
+    n1.initialize([(1, addr(1))].into()).await?;
+    n1.wait_for_leader(WAIT, |l| l == 1).await?;
+    let value = "x".repeat(1024);
+    for i in 0..64 {
+        n1.write(put(&format!("k{i}"), &value)).await?;
+    }
+    let n2 = start(&net, dir.path(), 2).await;
+    // 64 entries of 1 KiB do not fit one 16 KiB request.
+    tokio::time::timeout(WAIT, n1.add_learner(2, addr(2)))
+        .await
+        .map_err(|_| RaftNodeError::Timeout {
+            what: "the learner to catch up".into(),
+        })??;
+    wait_for_value(&n2, "k63", &value).await;
+    n2.shutdown().await?;
+    n1.shutdown().await
+}
+
+/// A command over `max_command_bytes` is refused before it reaches the log, with its size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_command_is_refused_and_nothing_changes() -> Result<(), RaftNodeError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let net = MemTransport::new();
+    let node = start(&net, dir.path(), 1).await;
+    node.initialize([(1, addr(1))].into()).await?;
+    node.wait_for_leader(WAIT, |l| l == 1).await?;
+    let limit = RaftConfig::default().max_command_bytes;
+    let big = "x".repeat(limit + 1);
+    match node.write(put("big", &big)).await {
+        Err(RaftNodeError::TooLarge { size, limit: l }) => {
+            assert!(size > limit);
+            assert_eq!(l, limit);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert_eq!(local_value(&node, "big"), None);
+    assert_eq!(node.write(put("small", "v")).await?.revision, 1);
+    node.shutdown().await
+}

@@ -197,6 +197,14 @@ pub enum StoreError {
     /// timed out may still be applied later.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// The write is larger than the store takes (its keys and values over 1 MiB); nothing changed.
+    #[error("too large: {size} bytes over the {limit} byte limit")]
+    TooLarge {
+        /// The write's size (its keys and values).
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The command was rejected by the state machine (unknown lease, ...); nothing changed.
     #[error("rejected: {0}")]
     Rejected(String),
@@ -231,6 +239,7 @@ impl StoreError {
     fn from_raft(e: RaftNodeError) -> Self {
         match e {
             RaftNodeError::Rejected(e) => StoreError::Rejected(e.to_string()),
+            RaftNodeError::TooLarge { size, limit } => StoreError::TooLarge { size, limit },
             RaftNodeError::Compacted(c) => StoreError::Compacted(c.compacted_revision),
             RaftNodeError::KeepAlive(e) => StoreError::Lease(e.to_string()),
             RaftNodeError::Membership { reason } => StoreError::Membership(reason),
@@ -494,7 +503,17 @@ pub(crate) fn services(cell: &StoreCell) -> Result<Vec<ServiceDef>, ServiceDefEr
 struct QuicTransport {
     node: WeakNode,
     health: Arc<Health>,
+    /// The frame limit less room for the call's envelope (a longer request would be refused),
+    /// at most [`RAFT_MAX_REQUEST`].
+    max_request_len: usize,
 }
+
+/// What a call's envelope around a Raft message takes at most (service and method names, ids).
+const RAFT_ENVELOPE_ALLOWANCE: usize = 4 << 10;
+/// Longest Raft request sent. openraft 0.9 gives an append-entries request one heartbeat
+/// interval (30 ms by default), so a catching-up member gets its entries in pieces that cross a
+/// LAN well within it. One largest command plus one full batch fits.
+const RAFT_MAX_REQUEST: usize = 2 << 20;
 
 impl Transport for QuicTransport {
     async fn call(
@@ -536,6 +555,10 @@ impl Transport for QuicTransport {
                 reason: other.to_string(),
             },
         })
+    }
+
+    fn max_request_len(&self) -> usize {
+        self.max_request_len
     }
 }
 
@@ -595,6 +618,11 @@ pub(crate) async fn start(
     let transport = QuicTransport {
         node: node.downgrade(),
         health: health.clone(),
+        max_request_len: node
+            .config()
+            .max_frame_size
+            .saturating_sub(RAFT_ENVELOPE_ALLOWANCE)
+            .min(RAFT_MAX_REQUEST),
     };
     let raft = RaftNode::start(
         id,
@@ -804,6 +832,8 @@ pub struct StoreStatus {
     pub voters: BTreeSet<u64>,
     /// The non-voting members (learners): joined beyond the voter count, or demoted.
     pub learners: BTreeSet<u64>,
+    /// Index of the last log entry this member has applied: how far it has caught up.
+    pub last_applied: Option<u64>,
 }
 
 impl StoreStatus {
@@ -814,6 +844,7 @@ impl StoreStatus {
             term: m.term,
             voters: m.voters.clone(),
             learners: m.learners.clone(),
+            last_applied: m.last_applied,
         }
     }
 }

@@ -80,8 +80,20 @@ pub(crate) fn endpoint(
         ring::hmac::HMAC_SHA256,
         &creds.derived_secret("quic stateless reset"),
     );
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // The connection ids are keyed the same way. quinn only resets packets whose connection id
+    // passes the endpoint's validation, and with a random key per process every id of the
+    // predecessor fails it: its packets would be dropped in silence, never reset.
+    let cid_key = creds.derived_secret("quic connection id");
+    let cid_key = u64::from_le_bytes([
+        cid_key[0], cid_key[1], cid_key[2], cid_key[3], cid_key[4], cid_key[5], cid_key[6],
+        cid_key[7],
+    ]);
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::new(Arc::new(reset_key)),
+        endpoint_config,
         Some(server),
         socket,
         Arc::new(quinn::TokioRuntime),

@@ -477,6 +477,36 @@ async fn all_voters_killed_right_after_acks_restart_with_every_write() -> TestRe
     Ok(())
 }
 
+/// A member killed with SIGKILL and restarted on its address answers packets of its
+/// predecessor's QUIC connections with a stateless reset the client accepts: the client drops the
+/// dead connection and redials at once. Without the reset, the client would keep sending into
+/// that connection until its idle timeout (60 s here), long past the 10 s its put may take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_resets_its_predecessors_connections() -> TestResult {
+    let cluster = Cluster::new(1);
+    let mut a = cluster.start("a", &[]).await?;
+    let client = Node::builder()
+        .name("test-client")
+        .development_credentials(cluster.certs())
+        .config(RpcConfig {
+            idle_timeout: Duration::from_secs(60),
+            keep_alive: Duration::from_secs(15),
+            ..Default::default()
+        })
+        .store(StoreConfig::client(vec![a.addr]).timeout(Duration::from_secs(10)))
+        .start()
+        .await?;
+    let store = client.store().context("the client has a store")?;
+    let before = store.put("k", "1").await?;
+
+    a.proc.kill9();
+    let restarted = Member::ready(cluster.spawn("a", &[], a.addr.port())?).await?;
+    assert_eq!((restarted.id, restarted.addr), (a.id, a.addr));
+    assert!(store.put("k", "2").await? > before);
+    client.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_right_after_acking_keeps_the_writes() -> TestResult {
     let cluster = Cluster::new(3);

@@ -33,12 +33,12 @@ fn entry(term: u64, index: u64, payload: EntryPayload<TypeConfig>) -> Entry<Type
 }
 
 fn put(key: &str, value: &str) -> EntryPayload<TypeConfig> {
-    EntryPayload::Normal(Command::Op(Op::Put {
+    EntryPayload::Normal(vec![Command::Op(Op::Put {
         key: key.into(),
         value: value.as_bytes().to_vec(),
         lease: None,
         prev_kv: false,
-    }))
+    })])
 }
 
 /// Appends through the public trait, waiting for the flush callback like openraft does.
@@ -73,7 +73,9 @@ async fn reopened_store_has_the_same_log_vote_and_state() -> TestResult {
         log.purge(log_id(1, 1, 1)).await?;
         // Applied but in no snapshot: the state is not written, the log has it.
         let replies = sm.apply(entries[2..3].to_vec()).await?;
-        assert!(matches!(&replies[0], Response::Applied(o) if o.revision == 2));
+        assert!(
+            matches!(&replies[0], Response::Applied(o) if matches!(o[..], [Ok(ref o)] if o.revision == 2))
+        );
     }
     // Everything is dropped: the file lock is released, as after a process restart.
     let (mut log, mut sm) = open(&path, KvState::default())?;
@@ -159,12 +161,14 @@ async fn rejected_command_is_reported_not_fatal() -> TestResult {
         .apply(vec![entry(
             1,
             1,
-            EntryPayload::Normal(Command::LeaseRevoke { id: 9 }),
+            EntryPayload::Normal(vec![Command::LeaseRevoke { id: 9 }]),
         )])
         .await?;
     assert_eq!(
         replies,
-        vec![Response::Rejected(CommandError::LeaseNotFound { id: 9 })]
+        vec![Response::Applied(vec![Err(CommandError::LeaseNotFound {
+            id: 9
+        })])]
     );
     assert_eq!(sm.applied_state().await?.0, Some(log_id(1, 1, 1)));
     Ok(())

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::StoreShared;
 
 /// A member that has not answered the leader for this long counts as dead. The leader sends each
-/// member a heartbeat every 100 ms and elections time out after 300–600 ms, so this is a few
+/// member a heartbeat every 30 ms and elections time out after 100–200 ms, so this is many
 /// election timeouts: one slow moment does not cost a member its vote.
 pub(super) const DEAD_AFTER: Duration = Duration::from_secs(2);
 /// How often the leader reconsiders the voter set.
