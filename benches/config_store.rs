@@ -29,7 +29,7 @@
 //! - `SKYNET_BENCH_KEYS`: size of the key space (default 1000).
 //! - `SKYNET_BENCH_DIR`: where the temporary data directory goes (default the system's).
 //! - `SKYNET_BENCH_VERBOSE`: print each distinct error seen while a failover is under way.
-//! - `RUST_LOG`: log filter of the skynet members (their logs go to stderr); off by default.
+//! - `RUST_LOG`: log filter of the skynet members and the client node (to stderr); off by default.
 //! - `SKYNET_BENCH_IDLE_TIMEOUT_MS`: QUIC idle timeout of the skynet members and client node
 //!   (keep-alive a quarter of it); default skynet's own (10 s). For studying failover.
 //!
@@ -75,6 +75,13 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 const RUN_LIMIT: Duration = Duration::from_secs(20 * 60);
 
 fn main() -> Result<()> {
+    // `RUST_LOG` turns on logs (to stderr) of the members and of the client node, for studying a run.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if let Ok(name) = std::env::var(MEMBER_ENV) {
         return member_main(&name);
     }
@@ -175,13 +182,6 @@ impl Settings {
 /// `ready ADDR` once it follows a leader, then `status ID LEADER TERM VOTERS` on every change of
 /// its view, and stops (gracefully) when its stdin closes: the benchmark closes it, or dies.
 fn member_main(name: &str) -> Result<()> {
-    // `RUST_LOG` turns on the members' logs (to the benchmark's stderr), for studying a run.
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .init();
-    }
     let var = |key: &str| {
         std::env::var(format!("SKYNET_BENCH_STORE_{key}"))
             .with_context(|| format!("member {name}: SKYNET_BENCH_STORE_{key} is not set"))

@@ -726,6 +726,14 @@ impl ClientShared {
         }
     }
 
+    /// `addr` answered: whatever it was suspected of, it is up (a restarted member, say).
+    fn cleared(&self, addr: SocketAddr) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&addr);
+    }
+
     fn is_suspect(&self, addr: SocketAddr) -> bool {
         let mut suspects = self
             .suspects
@@ -970,13 +978,16 @@ impl Store {
                 Ok(reply) => {
                     if let Backend::Client(client) = &self.backend {
                         client.set_preferred(target);
+                        if let Some(addr) = target {
+                            client.cleared(addr);
+                        }
                     }
                     return Ok(reply);
                 }
                 Err(Refusal::NotLeader {
                     leader_addr: Some(addr),
                 }) => match addr.parse::<SocketAddr>() {
-                    Ok(addr) if self.is_suspect(addr) => {
+                    Ok(addr) if self.is_suspect(addr) && !self.leads(addr).await => {
                         // Named by a member that has not noticed yet that it is gone.
                         return Err(Refusal::NotLeader { leader_addr: None });
                     }
@@ -1031,10 +1042,14 @@ impl Store {
         let outcome = tokio::select! {
             outcome = call => outcome,
             () = self.leader_moved(addr), if watch_leader => {
+                tracing::debug!(member = %addr, "store request abandoned: another member leads");
                 self.suspect(addr);
                 return Err(lost(format!("{addr} stopped answering; another member leads")));
             }
         };
+        if let Err(e) = &outcome {
+            tracing::debug!(member = %addr, error = %e, "store request failed");
+        }
         outcome.map_err(|e| match e {
             CallError::Service(Refusal::Failed(StoreError::Stopped(reason))) => {
                 lost(format!("the leader stopped: {reason}"))
@@ -1083,6 +1098,29 @@ impl Store {
                 return;
             }
             tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    }
+
+    /// Whether the suspected member `addr` is up and says it leads: it may have been restarted
+    /// since it was suspected, and won an election. Asked with a short deadline, so a member
+    /// that is really gone costs little; an answer clears the suspicion.
+    async fn leads(&self, addr: SocketAddr) -> bool {
+        let Backend::Client(client) = &self.backend else {
+            return false;
+        };
+        let reply = self
+            .node
+            .client(STORE_SERVICE)
+            .at(addr)
+            .with_deadline(PROBE_INTERVAL)
+            .call::<Request, Reply, Refusal>(EXECUTE, Request::Leader)
+            .await;
+        match reply {
+            Ok(Reply::Leader(leader)) => {
+                client.cleared(addr);
+                leader == Some(addr.to_string())
+            }
+            _ => false,
         }
     }
 
@@ -1419,6 +1457,7 @@ impl ClientWatch {
             match reply {
                 Ok(batch) => {
                     failing_since = None;
+                    self.client.cleared(target);
                     // Members agree on the history, so any member's later revision is a safe
                     // place to resume from.
                     self.after = self.after.max(batch.scanned);
