@@ -220,8 +220,10 @@ fn member_main(name: &str) -> Result<()> {
         let status = tokio::spawn(async move {
             // Leadership changes are printed at once; progress (the applied index) at most every
             // 50 ms, so that the load phases do not pay for a line per write.
+            // (leader, term, voter count) and the applied index, as last printed.
+            type Printed = ((Option<u64>, u64, usize), Option<u64>);
             let view = |s: &skynet::store::StoreStatus| (s.leader, s.term, s.voters.len());
-            let mut last: Option<((Option<u64>, u64, usize), Option<u64>)> = None;
+            let mut last: Option<Printed> = None;
             loop {
                 let seen = last;
                 match store

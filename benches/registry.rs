@@ -73,6 +73,18 @@ fn echo() -> ServiceDef {
         .expect("a valid service")
 }
 
+/// Calls each instance has served so far.
+fn served(instances: &[Node]) -> Vec<u64> {
+    instances
+        .iter()
+        .map(|n| {
+            n.stats()
+                .method("echo", "call")
+                .map_or(0, |m| m.processed())
+        })
+        .collect()
+}
+
 async fn call(client: &ServiceClient, payload: Vec<u8>) -> Result<Echoed, skynet::CallError> {
     client
         .call::<Vec<u8>, Echoed, ServiceError>("call", payload)
@@ -167,6 +179,7 @@ async fn run() -> Result<()> {
         .collect();
     let direct = [caller.client("echo").at(instances[0].local_addr())];
     let ways: [&[ServiceClient]; 3] = [&by_name, &spread, &direct];
+    const WAYS: [&str; 3] = ["by name", "by address, spread", "one instance"];
     let mut table = Vec::new();
     for &n in &IN_FLIGHT {
         let mut samples: [Vec<Sample>; 3] = Default::default();
@@ -174,7 +187,11 @@ async fn run() -> Result<()> {
             // Rotate the order so none always runs on a warmer machine.
             for k in 0..ways.len() {
                 let way = (round + k) % ways.len();
+                let before = served(&instances);
                 samples[way].push(measure_loop(ways[way], n, measure).await?);
+                let after = served(&instances);
+                let shares: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+                eprintln!("  {}: calls served per instance {shares:?}", WAYS[way]);
             }
             let [a, b, c] = &samples;
             let last = |v: &[Sample]| v.last().map_or((0.0, 0.0), |s| (s.rps, s.p50_us));

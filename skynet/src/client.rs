@@ -37,6 +37,8 @@ pub struct ServiceClient {
     encoding: Encoding,
     version: Option<semver::VersionReq>,
     retry_after_loss: bool,
+    /// Where this client's last call by name went (see `balance::Home`).
+    home: balance::Home,
 }
 
 enum Route<'a> {
@@ -56,6 +58,7 @@ impl ServiceClient {
             encoding: Encoding::Bincode,
             version: None,
             retry_after_loss: false,
+            home: balance::Home::default(),
         }
     }
 
@@ -266,7 +269,7 @@ impl ServiceClient {
                 .iter()
                 .filter(|i| self.version.as_ref().is_none_or(|v| v.matches(&i.version)))
                 .collect();
-            let Some(instance) = balancer.choose(&candidates, &tried) else {
+            let Some(instance) = balancer.choose(&candidates, &tried, &self.home) else {
                 return Err(self.no_instance());
             };
             let (addr, idempotent) = (
@@ -285,13 +288,9 @@ impl ServiceClient {
                 out.extend_from_slice(payload);
                 Ok(())
             });
-            let outcome = tokio::select! {
-                outcome = attempt => outcome,
-                () = stats.gone().cancelled() => Err(CallError::ConnectionLost {
-                    target: addr.to_string(),
-                    reason: "the instance left the registry".to_owned(),
-                }),
-            };
+            // An instance that leaves the registry has its connection closed (see
+            // `Node::start_registry`), which ends this attempt as a lost connection.
+            let outcome = attempt.await;
             let retry = match &outcome {
                 Ok(body) => {
                     if warm {

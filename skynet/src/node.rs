@@ -444,7 +444,15 @@ impl Node {
                 let Some(node) = weak.upgrade() else { return };
                 let live: std::collections::HashSet<SocketAddr> =
                     snapshot.all().map(|i| i.addr).collect();
-                node.inner.balancer.retain(|addr| live.contains(&addr));
+                for addr in node.inner.balancer.retain(|addr| live.contains(&addr)) {
+                    // Calls still waiting on an instance that left the registry (killed, its
+                    // lease expired) fail now as a lost connection, and are retried elsewhere
+                    // when they may be, rather than wait out the connection's idle timeout.
+                    // Done here, once, instead of racing every call against a signal.
+                    node.inner
+                        .peers
+                        .forget_addr(addr, b"the instance left the registry");
+                }
             }
         });
         let records: Vec<Instance> = inner
@@ -489,7 +497,7 @@ impl Node {
     /// in the background until it answers again or leaves the registry.
     pub(crate) fn eject(&self, addr: SocketAddr) {
         let weak = self.downgrade();
-        self.inner.peers.forget_addr(addr);
+        self.inner.peers.forget_addr(addr, b"peer ejected");
         self.inner.balancer.eject(addr, move |stats| async move {
             let mut pause = Duration::from_millis(100);
             loop {

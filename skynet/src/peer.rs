@@ -113,14 +113,15 @@ impl Peers {
     /// Closes and forgets the connection to `addr`, if any: the next call redials. Used when
     /// the peer seems dead, since a silently dead peer's connection looks alive until the idle
     /// timeout.
-    pub(crate) fn forget_addr(&self, addr: SocketAddr) {
+    /// Calls waiting on it fail as lost (`reason` goes to the peer).
+    pub(crate) fn forget_addr(&self, addr: SocketAddr, reason: &[u8]) {
         let conn = self
             .live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&addr);
         if let Some(conn) = conn {
-            conn.conn.close(0u32.into(), b"peer ejected");
+            conn.conn.close(0u32.into(), reason);
         }
     }
 
