@@ -45,10 +45,6 @@ pub(crate) struct InstanceStats {
 }
 
 impl InstanceStats {
-    fn load(&self) -> u64 {
-        self.load_at(now_ns())
-    }
-
     /// The load as of `now` ([`now_ns`]).
     fn load_at(&self, now: u64) -> u64 {
         let in_flight = u64::from(self.in_flight.load(Ordering::Relaxed));
@@ -59,10 +55,10 @@ impl InstanceStats {
     }
 
     /// Counts a call in flight until the returned guard is dropped.
-    pub(crate) fn start(self: &Arc<Self>) -> CallGuard {
+    pub(crate) fn start(&self) -> CallGuard<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         CallGuard {
-            stats: self.clone(),
+            stats: self,
             started: Instant::now(),
         }
     }
@@ -77,12 +73,12 @@ impl InstanceStats {
 }
 
 /// One call in flight to an instance; records its latency when it ends well.
-pub(crate) struct CallGuard {
-    stats: Arc<InstanceStats>,
+pub(crate) struct CallGuard<'a> {
+    stats: &'a InstanceStats,
     started: Instant,
 }
 
-impl CallGuard {
+impl CallGuard<'_> {
     /// The call got a reply: feed its latency into the EWMA.
     pub(crate) fn answered(&self) {
         let sample = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -99,7 +95,7 @@ impl CallGuard {
     }
 }
 
-impl Drop for CallGuard {
+impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -159,33 +155,44 @@ impl Balancer {
             .clone()
     }
 
-    /// Picks an instance among the registered `candidates`, avoiding ejected ones and those in
-    /// `avoid` (already tried by this call) while others are left.
+    /// Picks an instance among the registered and `wanted` `candidates`, avoiding ejected ones
+    /// and those in `avoid` (already tried by this call) while others are left.
     /// `home` is where this client's last call went: it is the first of the two choices.
+    /// Returns the instance and its stats.
     pub(crate) fn choose<'a>(
         &self,
-        candidates: &[&'a Instance],
+        candidates: &'a [Instance],
+        wanted: impl Fn(&Instance) -> bool,
         avoid: &[SocketAddr],
         home: &Home,
-    ) -> Option<&'a Instance> {
+    ) -> Option<(&'a Instance, Arc<InstanceStats>)> {
         let home_key = home.0.load(Ordering::Relaxed);
         let mut home_index = None;
-        let loads: Vec<(usize, u8, u64, bool)> = candidates
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| i.registered)
-            .map(|(n, i)| {
-                if addr_key(i.addr) == home_key {
-                    home_index = Some(n);
-                }
-                let stats = self.stats(i.addr);
-                let usable = !stats.is_ejected() && !avoid.contains(&i.addr);
-                (n, self.locality.tier(i), stats.load(), usable)
-            })
-            .collect();
-        let chosen = pick(&loads, random(), home_index).map(|n| candidates[n])?;
+        let now = now_ns();
+        // One read lock for all candidates, and no stats cloned but the chosen one's: this
+        // runs on every call, from every worker thread.
+        let loads: Vec<(usize, u8, u64, bool)> = {
+            let stats = self.stats.read().unwrap_or_else(PoisonError::into_inner);
+            candidates
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.registered && wanted(i))
+                .map(|(n, i)| {
+                    if addr_key(i.addr) == home_key {
+                        home_index = Some(n);
+                    }
+                    // An instance never called yet has no stats: idle and usable.
+                    let (ejected, load) = stats
+                        .get(&i.addr)
+                        .map_or((false, 1), |s| (s.is_ejected(), s.load_at(now)));
+                    let usable = !ejected && !avoid.contains(&i.addr);
+                    (n, self.locality.tier(i), load, usable)
+                })
+                .collect()
+        };
+        let chosen = pick(&loads, random(), home_index).map(|n| &candidates[n])?;
         home.0.store(addr_key(chosen.addr), Ordering::Relaxed);
-        Some(chosen)
+        Some((chosen, self.stats(chosen.addr)))
     }
 
     /// Takes `addr` out of rotation now; `probe` is run (once at a time) to bring it back.
@@ -269,23 +276,28 @@ fn addr_key(addr: SocketAddr) -> u64 {
 /// lighter. Falls back to unusable candidates
 /// (ejected or already tried) only when nothing else is registered, as a last resort.
 fn pick(candidates: &[(usize, u8, u64, bool)], seed: u64, home: Option<usize>) -> Option<usize> {
-    let pool: Vec<&(usize, u8, u64, bool)> = if candidates.iter().any(|c| c.3) {
-        let tier = candidates.iter().filter(|c| c.3).map(|c| c.1).min()?;
-        candidates.iter().filter(|c| c.3 && c.1 == tier).collect()
-    } else {
-        candidates.iter().collect()
-    };
-    match pool.len() {
+    // The pool, without collecting it (this runs on every call): the usable candidates of the
+    // closest tier, or every candidate if none is usable.
+    let any_usable = candidates.iter().any(|c| c.3);
+    let tier = candidates
+        .iter()
+        .filter(|c| c.3 || !any_usable)
+        .map(|c| c.1)
+        .min()?;
+    let in_pool = |c: &&(usize, u8, u64, bool)| if any_usable { c.3 && c.1 == tier } else { true };
+    let pool = || candidates.iter().filter(in_pool);
+    let n = pool().count();
+    let nth = |i: usize| pool().nth(i);
+    match n {
         0 => None,
-        1 => Some(pool[0].0),
+        1 => nth(0).map(|c| c.0),
         n => {
-            let n = n as u64;
             let first = home
-                .and_then(|h| pool.iter().position(|c| c.0 == h))
-                .unwrap_or((seed % n) as usize);
+                .and_then(|h| pool().position(|c| c.0 == h))
+                .unwrap_or((seed % n as u64) as usize);
             // A second, different index.
-            let second = (first + 1 + ((seed >> 32) % (n - 1)) as usize) % pool.len();
-            let (a, b) = (pool[first], pool[second]);
+            let second = (first + 1 + ((seed >> 32) % (n as u64 - 1)) as usize) % n;
+            let (a, b) = (nth(first)?, nth(second)?);
             // Home is left only for a clearly lighter instance (by a quarter), so that noise in
             // the loads does not move a caller back and forth.
             let lighter = if home.is_some_and(|h| h == a.0) {
@@ -478,7 +490,7 @@ mod tests {
     #[test]
     fn ewma_follows_latency_and_in_flight_counts() {
         let stats = Arc::new(InstanceStats::default());
-        assert_eq!(stats.load(), 1);
+        assert_eq!(stats.load_at(now_ns()), 1);
         let guard = stats.start();
         assert_eq!(stats.in_flight.load(Ordering::Relaxed), 1);
         guard.answered();

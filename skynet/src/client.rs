@@ -44,7 +44,7 @@ pub struct ServiceClient {
 enum Route<'a> {
     Local(&'a ServiceDef),
     Remote(SocketAddr),
-    Discover(Registry),
+    Discover(&'a Registry),
 }
 
 impl ServiceClient {
@@ -115,7 +115,7 @@ impl ServiceClient {
             (Some(addr), Some(def)) if addr == self.node.local_addr() => Ok(Route::Local(def)),
             (Some(addr), _) => Ok(Route::Remote(addr)),
             (None, Some(def)) => Ok(Route::Local(def)),
-            (None, None) => match self.node.registry() {
+            (None, None) => match self.node.inner().registry.get() {
                 Some(registry) => Ok(Route::Discover(registry)),
                 None => Err(format!(
                     "service {:?} is not hosted here, no address was given (use .at(addr)), \
@@ -165,7 +165,7 @@ impl ServiceClient {
             Ok(Route::Discover(registry)) => {
                 let payload = codec::encode(self.encoding, &request).map_err(bad_request)?;
                 let body = self
-                    .call_discovered(&registry, method, self.encoding, deadline, &payload)
+                    .call_discovered(registry, method, self.encoding, deadline, &payload)
                     .await?;
                 decode_reply(&body, &self.service, method, deadline)
             }
@@ -220,7 +220,7 @@ impl ServiceClient {
             }
             Ok(Route::Discover(registry)) => {
                 let body = self
-                    .call_discovered(&registry, method, Encoding::Json, deadline, &payload)
+                    .call_discovered(registry, method, Encoding::Json, deadline, &payload)
                     .await?;
                 decode_reply(&body, &self.service, method, deadline)
             }
@@ -251,36 +251,43 @@ impl ServiceClient {
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut retries = 0;
         loop {
-            let mut snapshot = registry.snapshot();
-            if !snapshot.is_loaded() {
-                // A node that has just started has not read the registry yet: an empty view
-                // says nothing about which instances exist.
-                let remaining = until.saturating_duration_since(Instant::now());
-                match registry
-                    .wait_for(remaining, RegistrySnapshot::is_loaded)
-                    .await
-                {
-                    Some(loaded) => snapshot = loaded,
-                    None => return Err(CallError::DeadlineExceeded(deadline)),
-                }
-            }
-            let all = snapshot.instances(&self.service);
-            let candidates: Vec<&Instance> = all
-                .iter()
-                .filter(|i| self.version.as_ref().is_none_or(|v| v.matches(&i.version)))
-                .collect();
-            let Some(instance) = balancer.choose(&candidates, &tried, &self.home) else {
-                return Err(self.no_instance());
+            let chosen = {
+                // Borrowed, not cloned: this runs on every call, from every worker thread.
+                let snapshot = registry.current();
+                snapshot.is_loaded().then(|| {
+                    let all = snapshot.instances_of(&self.service);
+                    let wanted =
+                        |i: &Instance| self.version.as_ref().is_none_or(|v| v.matches(&i.version));
+                    balancer
+                        .choose(all, wanted, &tried, &self.home)
+                        .map(|(instance, stats)| {
+                            let idempotent =
+                                self.retry_after_loss || instance.is_idempotent(method);
+                            (instance.addr, idempotent, stats)
+                        })
+                })
             };
-            let (addr, idempotent) = (
-                instance.addr,
-                self.retry_after_loss || instance.is_idempotent(method),
-            );
+            let (addr, idempotent, stats) = match chosen {
+                Some(Some(chosen)) => chosen,
+                Some(None) => return Err(self.no_instance()),
+                None => {
+                    // A node that has just started has not read the registry yet: an empty
+                    // view says nothing about which instances exist.
+                    let remaining = until.saturating_duration_since(Instant::now());
+                    if registry
+                        .wait_for(remaining, RegistrySnapshot::is_loaded)
+                        .await
+                        .is_none()
+                    {
+                        return Err(CallError::DeadlineExceeded(deadline));
+                    }
+                    continue;
+                }
+            };
             let remaining = until.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(CallError::DeadlineExceeded(deadline));
             }
-            let stats = balancer.stats(addr);
             // A call that has to dial first says nothing about the instance's latency.
             let warm = self.node.inner().peers.is_connected(addr);
             let call = stats.start();

@@ -295,7 +295,7 @@ pub(crate) struct NodeInner {
     locality: Locality,
     started_at_ms: u64,
     /// Set once the node has a store: the live view of every instance.
-    registry: OnceLock<Registry>,
+    pub(crate) registry: OnceLock<Registry>,
     registration_config: RegistrationConfig,
     /// Hosted services left out of the registry ([`NodeBuilder::unlisted_service`]).
     unlisted: std::collections::HashSet<String>,

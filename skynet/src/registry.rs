@@ -100,6 +100,11 @@ impl RegistrySnapshot {
             .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
+    /// Every instance of `service`, borrowed.
+    pub(crate) fn instances_of(&self, service: &str) -> &[Instance] {
+        self.by_service.get(service).map_or(&[], |i| &i[..])
+    }
+
     /// Every instance of every service, ordered by service, then address.
     pub fn all(&self) -> impl Iterator<Item = &Instance> {
         self.by_key.values()
@@ -204,6 +209,12 @@ impl Registry {
     /// Every instance of `service` in the current snapshot.
     pub fn instances(&self, service: &str) -> Arc<[Instance]> {
         self.snapshot.borrow().instances(service)
+    }
+
+    /// The current snapshot, borrowed: no reference count touched, for the call path. Not to be
+    /// held across an await (it holds the view's read lock).
+    pub(crate) fn current(&self) -> tokio::sync::watch::Ref<'_, Arc<RegistrySnapshot>> {
+        self.snapshot.borrow()
     }
 
     /// A receiver of every later snapshot (it always holds the newest; intermediate ones may be
