@@ -1448,9 +1448,15 @@ impl ClientWatch {
                 .at(target)
                 .with_deadline(WATCH_WAIT + Duration::from_millis(500));
             let call = client.call::<WatchPoll, WatchBatch, Refusal>(WATCH, poll);
+            // A poll moves on when a request of this client suspects its member meanwhile, but
+            // a poll sent to a member already suspected (every member is) waits for its answer:
+            // abandoning it at once would only spin.
+            let watch_suspicion = !self.client.is_suspect(target);
+            let mut abandoned = false;
             let reply = tokio::select! {
                 reply = call => reply,
-                () = self.client.until_suspect(target) => {
+                () = self.client.until_suspect(target), if watch_suspicion => {
+                    abandoned = true;
                     Err(CallError::Unavailable(format!("{target} stopped answering")))
                 }
             };
@@ -1468,7 +1474,10 @@ impl ClientWatch {
                 Err(CallError::Service(Refusal::Failed(e))) => return Err(e),
                 Err(e) => {
                     tracing::debug!(member = %target, error = %e, "watch poll failed; trying another member");
-                    if !matches!(e, CallError::Service(_)) {
+                    // Only a failure of the member itself makes it suspect. A poll given up
+                    // because the member was suspected already must not renew the suspicion:
+                    // the watch would keep every member it ever moved away from suspected.
+                    if !abandoned && !matches!(e, CallError::Service(_)) {
                         self.client.suspect(target);
                     }
                     let since = *failing_since.get_or_insert_with(Instant::now);
