@@ -11,7 +11,9 @@
 #
 # Member I listens for clients on 127.0.0.1:$((23790 + I)) and for peers on 127.0.0.1:$((23800 + I));
 # the fixed ports let a restarted member keep its address. Settings are etcd's defaults
-# (heartbeat 100 ms, election timeout 1 s, an fdatasync per WAL write), as in the reference numbers.
+# (heartbeat 100 ms, election timeout 1 s, an fdatasync per WAL write), as in the reference numbers,
+# unless ETCD_HEARTBEAT_MS and ETCD_ELECTION_MS are set (e.g. 30 and 150, to compare failover with
+# skynet's timing; etcd wants the election timeout at least 5 heartbeats).
 set -euo pipefail
 
 MEMBERS=3
@@ -49,6 +51,9 @@ ensure() {
 member() {
   local dir=$1 i=$2
   mkdir -p "$dir"
+  local timing=()
+  if [ -n "${ETCD_HEARTBEAT_MS:-}" ]; then timing+=(--heartbeat-interval "$ETCD_HEARTBEAT_MS"); fi
+  if [ -n "${ETCD_ELECTION_MS:-}" ]; then timing+=(--election-timeout "$ETCD_ELECTION_MS"); fi
   # setsid: the member outlives neither the watchdog nor `stop`, but does not get the benchmark's
   # terminal signals, so the benchmark decides when it dies.
   setsid etcd \
@@ -61,6 +66,7 @@ member() {
     --initial-cluster "$(initial_cluster)" \
     --initial-cluster-state new \
     --initial-cluster-token skynet-bench \
+    "${timing[@]}" \
     --logger zap --log-outputs "$dir/m$i.log" \
     </dev/null >>"$dir/m$i.out" 2>&1 &
   echo $! >"$dir/m$i.pid"
