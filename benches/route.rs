@@ -212,11 +212,7 @@ async fn run() -> Result<()> {
     println!(
         "Settings: SKYNET_BENCH_SECS={} SKYNET_BENCH_ROUNDS={rounds}; one process, one Tokio runtime with 2 workers; {} build; medians.",
         measure.as_secs_f64(),
-        if cfg!(debug_assertions) {
-            "DEBUG"
-        } else {
-            "optimized"
-        }
+        skynet_benches::build_kind()
     );
     println!();
     println!(

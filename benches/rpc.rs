@@ -954,11 +954,7 @@ fn report(
         settings.warmup.as_secs_f64(),
         settings.rounds,
         settings.workers,
-        if cfg!(debug_assertions) {
-            "DEBUG"
-        } else {
-            "optimized"
-        },
+        skynet_benches::build_kind(),
         settings.rounds,
     );
     println!("Binary: `{}`", argv.join(" "));

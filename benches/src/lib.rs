@@ -66,3 +66,12 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
+
+/// How this benchmark was built, for its settings line: numbers of a debug build mean little.
+pub fn build_kind() -> &'static str {
+    if cfg!(debug_assertions) {
+        "DEBUG"
+    } else {
+        "optimized"
+    }
+}

@@ -110,10 +110,10 @@ impl Peers {
         Ok(conn)
     }
 
-    /// Closes and forgets the connection to `addr`, if any: the next call redials. Used when
-    /// the peer seems dead, since a silently dead peer's connection looks alive until the idle
+    /// Closes and forgets the connection to `addr`, if any: calls waiting on it fail as lost,
+    /// and the next call redials. `reason` goes to the peer. Used when the peer seems dead (or
+    /// left the registry), since a silently dead peer's connection looks alive until the idle
     /// timeout.
-    /// Calls waiting on it fail as lost (`reason` goes to the peer).
     pub(crate) fn forget_addr(&self, addr: SocketAddr, reason: &[u8]) {
         let conn = self
             .live
