@@ -1040,11 +1040,21 @@ impl Store {
             .with_deadline(remaining);
         let call = client.call::<Request, Reply, Refusal>(EXECUTE, req);
         let outcome = tokio::select! {
+            // An answer that is already there wins over giving up on the member.
+            biased;
             outcome = call => outcome,
             () = self.leader_moved(addr), if watch_leader => {
                 tracing::debug!(member = %addr, "store request abandoned: another member leads");
                 self.suspect(addr);
-                return Err(lost(format!("{addr} stopped answering; another member leads")));
+                let reason = format!("{addr} stopped answering; another member leads");
+                // With no live connection to the member the request is still waiting for one
+                // (a call on a connection that broke has ended already): it was never sent,
+                // and may go to the next leader like anything else.
+                return Err(if self.node.inner().peers.is_connected(addr) {
+                    lost(reason)
+                } else {
+                    Refusal::Unreachable(reason)
+                });
             }
         };
         if let Err(e) = &outcome {
