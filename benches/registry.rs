@@ -15,7 +15,9 @@
 //! until it served a call.
 //!
 //! Settings (environment): `SKYNET_BENCH_SECS` (measured seconds per cell, default 2),
-//! `SKYNET_BENCH_ROUNDS` (default 3), `SKYNET_BENCH_KILLS` (failover repetitions, default 3).
+//! `SKYNET_BENCH_ROUNDS` (default 5), `SKYNET_BENCH_KILLS` (failover repetitions, default 3; 0
+//! skips part two), `SKYNET_BENCH_ONLY` (comma-separated parts of the names of the ways to call
+//! in part one, e.g. `by name`; default all three; meant for profiling).
 
 use std::collections::HashSet;
 use std::io::{BufRead as _, BufReader};
@@ -140,9 +142,12 @@ async fn measure_loop(
 
 async fn run() -> Result<()> {
     let measure = Duration::from_secs_f64(env_or("SKYNET_BENCH_SECS", 2.0)?);
-    let rounds: usize = env_or("SKYNET_BENCH_ROUNDS", 3)?;
+    let rounds: usize = env_or("SKYNET_BENCH_ROUNDS", 5)?;
     let kills: usize = env_or("SKYNET_BENCH_KILLS", 3)?;
-    ensure!(rounds > 0 && kills > 0, "rounds and kills must be positive");
+    let only: Option<Vec<String>> = std::env::var("SKYNET_BENCH_ONLY")
+        .ok()
+        .map(|list| list.split(',').map(|p| p.trim().to_owned()).collect());
+    ensure!(rounds > 0, "SKYNET_BENCH_ROUNDS must be positive");
     let certs = tempfile::tempdir()?;
     let data = tempfile::tempdir()?;
     let seed = Node::builder()
@@ -187,23 +192,32 @@ async fn run() -> Result<()> {
             // Rotate the order so none always runs on a warmer machine.
             for k in 0..ways.len() {
                 let way = (round + k) % ways.len();
+                if !only
+                    .as_ref()
+                    .is_none_or(|parts| parts.iter().any(|p| WAYS[way].contains(p.as_str())))
+                {
+                    continue;
+                }
                 let before = served(&instances);
                 samples[way].push(measure_loop(ways[way], n, measure).await?);
                 let after = served(&instances);
                 let shares: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
                 eprintln!("  {}: calls served per instance {shares:?}", WAYS[way]);
             }
-            let [a, b, c] = &samples;
-            let last = |v: &[Sample]| v.last().map_or((0.0, 0.0), |s| (s.rps, s.p50_us));
+            let last = |v: &[Sample]| {
+                v.last().map_or(String::new(), |s| {
+                    format!(
+                        "{:.0} req/s (p50 {:.1} µs, {:.1} CPU µs and {:.2} switches per call)",
+                        s.rps, s.p50_us, s.cpu_us_per_call, s.switches_per_call
+                    )
+                })
+            };
             eprintln!(
-                "round {}, {n} in flight: by name {:.0} req/s (p50 {:.1} µs), spread {:.0} req/s (p50 {:.1} µs), one instance {:.0} req/s (p50 {:.1} µs)",
+                "round {}, {n} in flight: by name {}; spread {}; one instance {}",
                 round + 1,
-                last(a).0,
-                last(a).1,
-                last(b).0,
-                last(b).1,
-                last(c).0,
-                last(c).1,
+                last(&samples[0]),
+                last(&samples[1]),
+                last(&samples[2]),
             );
         }
         table.push((n, samples));
@@ -239,21 +253,34 @@ async fn run() -> Result<()> {
     );
     println!();
     println!(
-        "| in flight | by name req/s | p50 µs | p99 µs | by address, spread req/s | p50 µs | p99 µs | one instance req/s | p50 µs | by name / spread | by name / one instance |"
+        "Rates and latencies are medians over the rounds; the ratios are medians of each round's ratio (the ways of a round run back to back, so they share the machine's mood). CPU is the whole process's (callers, servers and runtime) per call."
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!();
+    println!(
+        "| in flight | by name req/s | p50 µs | p99 µs | CPU µs/call | by address, spread req/s | p50 µs | p99 µs | CPU µs/call | one instance req/s | p50 µs | CPU µs/call | by name / spread, rate | by name / spread, CPU per call | by name / one instance, rate |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (n, [named, spread, one]) in &table {
         let m = |v: &[Sample], f: fn(&Sample) -> f64| median(v.iter().map(f).collect());
-        let (nr, sr, or) = (m(named, |s| s.rps), m(spread, |s| s.rps), m(one, |s| s.rps));
+        let ratio = |a: &[Sample], b: &[Sample], f: fn(&Sample) -> f64| {
+            median(a.iter().zip(b).map(|(a, b)| f(a) / f(b)).collect())
+        };
         println!(
-            "| {n} | {nr:.0} | {:.1} | {:.1} | {sr:.0} | {:.1} | {:.1} | {or:.0} | {:.1} | {:.3}x | {:.3}x |",
+            "| {n} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.3}x | {:.3}x | {:.3}x |",
+            m(named, |s| s.rps),
             m(named, |s| s.p50_us),
             m(named, |s| s.p99_us),
+            m(named, |s| s.cpu_us_per_call),
+            m(spread, |s| s.rps),
             m(spread, |s| s.p50_us),
             m(spread, |s| s.p99_us),
+            m(spread, |s| s.cpu_us_per_call),
+            m(one, |s| s.rps),
             m(one, |s| s.p50_us),
-            nr / sr,
-            nr / or
+            m(one, |s| s.cpu_us_per_call),
+            ratio(named, spread, |s| s.rps),
+            ratio(named, spread, |s| s.cpu_us_per_call),
+            ratio(named, one, |s| s.rps),
         );
     }
     println!();

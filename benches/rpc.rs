@@ -46,6 +46,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde_bytes::ByteBuf;
 use skynet::tls::{CLUSTER_SERVER_NAME, Credentials};
 use skynet::{Context, Node, ServiceClient, ServiceDef, ServiceError};
+use skynet_benches::{context_switches, process_cpu};
 use tarpc::server::Channel as _;
 use tarpc::tokio_serde::formats::Bincode;
 use tonic::codegen::http;
@@ -140,37 +141,6 @@ impl Settings {
             .as_ref()
             .is_none_or(|parts| parts.iter().any(|part| name.contains(part.as_str())))
     }
-}
-
-/// CPU time (user + system) this process has used so far, from `/proc/self/stat`; `None` where
-/// that is not available.
-fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the parenthesised command name: state is the first, utime the 12th and
-    // stime the 13th, in clock ticks (100 per second on Linux).
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_millis((utime + stime) * 10))
-}
-
-/// Context switches of all this process's threads so far (voluntary ones are mostly a worker
-/// parking, i.e. going to sleep for want of work), from `/proc/self/task/*/status`.
-fn context_switches() -> Option<u64> {
-    let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
-        for line in status.lines() {
-            if let Some(n) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                total += n.trim().parse::<u64>().ok()?;
-            }
-        }
-    }
-    Some(total)
 }
 
 /// The 1, 5 and 15 minute load averages, as `/proc/loadavg` gives them.

@@ -22,6 +22,12 @@ pub struct Sample {
     pub p50_us: f64,
     /// 99th percentile latency, µs.
     pub p99_us: f64,
+    /// Process CPU time per call in the measured window (callers, servers and runtime
+    /// together), µs; `NaN` where the process's CPU time cannot be read. Less noisy than the
+    /// rate on a shared machine, and what decides the rate once the CPUs are saturated.
+    pub cpu_us_per_call: f64,
+    /// Thread context switches per call in the measured window; `NaN` where unknown.
+    pub switches_per_call: f64,
 }
 
 /// Runs each of `callers` in a closed loop on its own task for `warmup`, then for `measure`;
@@ -50,15 +56,60 @@ pub async fn closed_loop<C: Call>(
             Ok::<_, anyhow::Error>(hist)
         });
     }
+    // The process's CPU time and context switches over the measured window, read while the
+    // callers run.
+    tokio::time::sleep_until(from.into()).await;
+    let before = process_cpu().zip(context_switches());
+    tokio::time::sleep_until(until.into()).await;
+    let used = before.and_then(|(cpu, switches)| {
+        Some((
+            process_cpu()?.saturating_sub(cpu),
+            context_switches()?.saturating_sub(switches),
+        ))
+    });
     let mut total = Histogram::<u64>::new_with_bounds(1, 100_000_000_000, 3)?;
     while let Some(hist) = tasks.join_next().await {
         total.add(&hist??)?;
     }
+    let calls = total.len().max(1) as f64;
     Ok(Sample {
         rps: total.len() as f64 / measure.as_secs_f64(),
         p50_us: total.value_at_quantile(0.5) as f64 / 1000.0,
         p99_us: total.value_at_quantile(0.99) as f64 / 1000.0,
+        cpu_us_per_call: used.map_or(f64::NAN, |(cpu, _)| cpu.as_secs_f64() * 1e6 / calls),
+        switches_per_call: used.map_or(f64::NAN, |(_, n)| n as f64 / calls),
     })
+}
+
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat`; `None` where
+/// that is not available.
+pub fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name: state is the first, utime the 12th and
+    // stime the 13th, in clock ticks (100 per second on Linux).
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// Context switches of all this process's threads so far (voluntary ones are mostly a worker
+/// parking, i.e. going to sleep for want of work), from `/proc/self/task/*/status`.
+pub fn context_switches() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let status = std::fs::read_to_string(task.ok()?.path().join("status")).ok()?;
+        for line in status.lines() {
+            if let Some(n) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += n.trim().parse::<u64>().ok()?;
+            }
+        }
+    }
+    Some(total)
 }
 
 /// The median of `values` (the upper one of an even count); `NaN` for none.

@@ -13,21 +13,23 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
-use crate::registry::Instance;
+use crate::registry::{Instance, Registry};
 
 /// Weight of a new latency sample in the EWMA, out of 8.
 const EWMA_NEW_EIGHTHS: u64 = 2;
-/// An instance's latency EWMA halves for every this long without a reply from it, so that one
-/// slow reply (a dial, a pause) does not keep it out of power-of-two choices for good.
-const EWMA_HALF_LIFE: Duration = Duration::from_millis(100);
+/// An instance's latency EWMA halves for every 2^this nanoseconds (134 ms) without a reply from
+/// it, so that one slow reply (a dial, a pause) does not keep it out of power-of-two choices for
+/// good. A power of two, so that the load takes a shift rather than a division.
+const EWMA_HALF_LIFE_SHIFT: u32 = 27;
 
-/// Nanoseconds since the first call to this function: a cheap clock for the stats.
-fn now_ns() -> u64 {
+/// `at` in nanoseconds since a fixed instant, for the stats' atomics.
+fn ns_at(at: Instant) -> u64 {
     static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let base = *BASE.get_or_init(Instant::now);
-    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    u64::try_from(at.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// What the caller knows about one instance, shared by every call to it.
@@ -36,7 +38,7 @@ pub(crate) struct InstanceStats {
     in_flight: AtomicU32,
     /// Latency EWMA in nanoseconds; 0 until the first reply, so new instances get traffic soon.
     ewma_ns: AtomicU64,
-    /// When the EWMA last took a sample ([`now_ns`]).
+    /// When the EWMA last took a sample ([`ns_at`]).
     sampled_at_ns: AtomicU64,
     ejected: AtomicBool,
     probing: AtomicBool,
@@ -45,21 +47,21 @@ pub(crate) struct InstanceStats {
 }
 
 impl InstanceStats {
-    /// The load as of `now` ([`now_ns`]).
+    /// The load as of `now` ([`ns_at`]).
     fn load_at(&self, now: u64) -> u64 {
         let in_flight = u64::from(self.in_flight.load(Ordering::Relaxed));
         let idle = now.saturating_sub(self.sampled_at_ns.load(Ordering::Relaxed));
-        let halvings = idle / u64::try_from(EWMA_HALF_LIFE.as_nanos()).unwrap_or(u64::MAX);
+        let halvings = idle >> EWMA_HALF_LIFE_SHIFT;
         let ewma = self.ewma_ns.load(Ordering::Relaxed) >> halvings.min(63);
         ewma.max(1).saturating_mul(in_flight + 1)
     }
 
-    /// Counts a call in flight until the returned guard is dropped.
-    pub(crate) fn start(&self) -> CallGuard<'_> {
+    /// Counts a call in flight, started at `now`, until the returned guard is dropped.
+    pub(crate) fn start(&self, now: Instant) -> CallGuard<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         CallGuard {
             stats: self,
-            started: Instant::now(),
+            started: now,
         }
     }
 
@@ -81,7 +83,9 @@ pub(crate) struct CallGuard<'a> {
 impl CallGuard<'_> {
     /// The call got a reply: feed its latency into the EWMA.
     pub(crate) fn answered(&self) {
-        let sample = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let now = Instant::now();
+        let sample = u64::try_from(now.saturating_duration_since(self.started).as_nanos())
+            .unwrap_or(u64::MAX);
         let old = self.stats.ewma_ns.load(Ordering::Relaxed);
         // A first sample is blended with a prior of zero like any other, so that one slow
         // first reply does not mark a new instance as slow.
@@ -91,7 +95,9 @@ impl CallGuard<'_> {
             (old * (8 - EWMA_NEW_EIGHTHS) + sample * EWMA_NEW_EIGHTHS) / 8
         };
         self.stats.ewma_ns.store(new, Ordering::Relaxed);
-        self.stats.sampled_at_ns.store(now_ns(), Ordering::Relaxed);
+        self.stats
+            .sampled_at_ns
+            .store(ns_at(now), Ordering::Relaxed);
     }
 }
 
@@ -155,46 +161,6 @@ impl Balancer {
             .clone()
     }
 
-    /// Picks an instance among the registered and `wanted` `candidates`, avoiding ejected ones
-    /// and those in `avoid` (already tried by this call) while others are left.
-    /// `home` is where this client's last call went: it is the first of the two choices.
-    /// Returns the instance and its stats.
-    pub(crate) fn choose<'a>(
-        &self,
-        candidates: &'a [Instance],
-        wanted: impl Fn(&Instance) -> bool,
-        avoid: &[SocketAddr],
-        home: &Home,
-    ) -> Option<(&'a Instance, Arc<InstanceStats>)> {
-        let home_key = home.0.load(Ordering::Relaxed);
-        let mut home_index = None;
-        let now = now_ns();
-        // One read lock for all candidates, and no stats cloned but the chosen one's: this
-        // runs on every call, from every worker thread.
-        let loads: Vec<(usize, u8, u64, bool)> = {
-            let stats = self.stats.read().unwrap_or_else(PoisonError::into_inner);
-            candidates
-                .iter()
-                .enumerate()
-                .filter(|(_, i)| i.registered && wanted(i))
-                .map(|(n, i)| {
-                    if addr_key(i.addr) == home_key {
-                        home_index = Some(n);
-                    }
-                    // An instance never called yet has no stats: idle and usable.
-                    let (ejected, load) = stats
-                        .get(&i.addr)
-                        .map_or((false, 1), |s| (s.is_ejected(), s.load_at(now)));
-                    let usable = !ejected && !avoid.contains(&i.addr);
-                    (n, self.locality.tier(i), load, usable)
-                })
-                .collect()
-        };
-        let chosen = pick(&loads, random(), home_index).map(|n| &candidates[n])?;
-        home.0.store(addr_key(chosen.addr), Ordering::Relaxed);
-        Some((chosen, self.stats(chosen.addr)))
-    }
-
     /// Takes `addr` out of rotation now; `probe` is run (once at a time) to bring it back.
     pub(crate) fn eject<F, Fut>(&self, addr: SocketAddr, probe: F)
     where
@@ -240,42 +206,315 @@ pub(crate) fn stop_probing(stats: &InstanceStats) {
     stats.probing.store(false, Ordering::Release);
 }
 
-/// Where a client's calls went last, so that its next call prefers the same instance.
+/// What one client (one clone of it) keeps between its calls by name: its service's candidates
+/// at the registry generation it last saw, its home instance, and calls not yet counted in the
+/// retry budget.
 ///
-/// Plain power of two choices sends consecutive calls of one caller to different instances,
-/// and so through different connections whose tasks run on other worker threads: measured, that
-/// cost about a third of the throughput at 64 calls in flight over 3 instances. Making the home
-/// instance one of the two choices keeps a caller on one connection while that instance is no
-/// clearly busier than a random other, and moves it as soon as it is. Each clone of a client has
-/// its own home.
-#[derive(Debug, Default)]
-pub(crate) struct Home(AtomicU64);
+/// Kept per client rather than per node so that the call path touches no state the other
+/// worker threads write: a lookup of the candidates (by service, then each one's stats by
+/// address, under locks every call takes) runs only when the registry changes, and the budget
+/// hears of calls in batches.
+#[derive(Default)]
+pub(crate) struct Picker {
+    state: Mutex<PickerState>,
+    /// Calls not yet deposited in the retry budget.
+    uncounted: AtomicU32,
+}
 
-impl Clone for Home {
-    fn clone(&self) -> Self {
-        Home(AtomicU64::new(self.0.load(Ordering::Relaxed)))
+struct PickerState {
+    /// The registry generation the rest comes from; `None` until the first call.
+    generation: Option<u64>,
+    /// Whether that snapshot was read from the store (see [`RegistrySnapshot::is_loaded`]).
+    loaded: bool,
+    /// Every instance of the service in that snapshot.
+    instances: Arc<[Instance]>,
+    candidates: Vec<Candidate>,
+    /// The closest locality tier among the candidates, and their indices in it.
+    closest_tier: u8,
+    closest: SmallVec<[usize; 8]>,
+    home: Option<Home>,
+}
+
+/// A registered instance of the service that the client's version requirement accepts.
+struct Candidate {
+    /// Its index in [`PickerState::instances`].
+    index: usize,
+    addr: SocketAddr,
+    tier: u8,
+    stats: Arc<InstanceStats>,
+}
+
+/// Calls a client counts before it deposits them in the retry budget: a budget that lags by
+/// a few calls per client makes no difference, an atomic every worker writes on every call does.
+const DEPOSIT_EVERY: u32 = 16;
+
+/// What [`Picker::choose`] found.
+pub(crate) enum Choice<T> {
+    /// The registry view has not been read yet: it says nothing about which instances exist.
+    NotLoaded,
+    /// No registered instance matches.
+    NoInstance,
+    Chosen(T),
+}
+
+impl Default for PickerState {
+    fn default() -> Self {
+        Self {
+            generation: None,
+            loaded: false,
+            instances: Arc::from(Vec::new()),
+            candidates: Vec::new(),
+            closest_tier: 0,
+            closest: SmallVec::new(),
+            home: None,
+        }
     }
 }
 
-/// A nonzero key of `addr` for [`Home`] (0 is "no home"); a collision only costs a preference.
-fn addr_key(addr: SocketAddr) -> u64 {
-    let ip = match addr.ip() {
-        std::net::IpAddr::V4(ip) => u64::from(u32::from(ip)),
-        std::net::IpAddr::V6(ip) => {
-            let bits = u128::from(ip);
-            // Folding the halves keeps loopback and link-local addresses apart.
-            (bits as u64) ^ ((bits >> 64) as u64)
+impl Clone for Picker {
+    /// A clone starts with the same home and finds its candidates afresh.
+    fn clone(&self) -> Self {
+        let home = self.lock().home;
+        Self {
+            state: Mutex::new(PickerState {
+                home,
+                ..PickerState::default()
+            }),
+            uncounted: AtomicU32::new(0),
         }
-    };
-    (ip << 16 | u64::from(addr.port())) | 1 << 63
+    }
+}
+
+impl std::fmt::Debug for Picker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.lock();
+        f.debug_struct("Picker")
+            .field("generation", &state.generation)
+            .field("candidates", &state.candidates.len())
+            .field("home", &state.home.map(|h| h.addr))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Picker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PickerState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts one call for the retry budget.
+    pub(crate) fn count_call(&self, budget: &RetryBudget) {
+        // A load and a store rather than a read-modify-write: a clone is normally used by one
+        // task at a time, and a count off by one when it is not costs nothing.
+        let uncounted = self.uncounted.load(Ordering::Relaxed) + 1;
+        if uncounted >= DEPOSIT_EVERY {
+            budget.deposit(uncounted);
+            self.uncounted.store(0, Ordering::Relaxed);
+        } else {
+            self.uncounted.store(uncounted, Ordering::Relaxed);
+        }
+    }
+
+    /// Picks an instance of `service` for a call at `now`: among the registered ones that
+    /// `wanted` accepts, avoiding ejected ones and those in `avoid` (already tried by this call)
+    /// while others are left. The client's home instance is the first of the two choices (see
+    /// [`Home`]). Returns what `chosen` makes of the instance and its stats.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn choose<R>(
+        &self,
+        balancer: &Balancer,
+        registry: &Registry,
+        service: &str,
+        wanted: impl Fn(&Instance) -> bool,
+        avoid: &[SocketAddr],
+        now: Instant,
+        chosen: impl FnOnce(&Instance, &Arc<InstanceStats>) -> R,
+    ) -> Choice<R> {
+        let mut state = self.lock();
+        let generation = registry.generation();
+        if state.generation != Some(generation) {
+            state.refresh(balancer, registry, service, wanted);
+            state.generation = Some(generation);
+        }
+        if !state.loaded {
+            // Read afresh next time: the view may be loaded before its generation moves.
+            state.generation = None;
+            return Choice::NotLoaded;
+        }
+        let home = state.home.filter(|h| h.settled(now));
+        let home_index = state
+            .home
+            .and_then(|h| state.candidates.iter().position(|c| c.addr == h.addr));
+        let usable = |c: &Candidate| !c.stats.is_ejected() && !avoid.contains(&c.addr);
+        let at = ns_at(now);
+        let settled = match (home, home_index) {
+            (Some(_), Some(h)) => state.settled_choice(h, usable, at),
+            _ => None,
+        };
+        let n = match settled {
+            Some(n) => n,
+            None => {
+                // No heap allocation for a handful of instances: allocations freed on another
+                // thread contend for the allocator's locks.
+                let loads: SmallVec<[(usize, u8, u64, bool); 8]> = state
+                    .candidates
+                    .iter()
+                    .enumerate()
+                    .map(|(n, c)| (n, c.tier, c.stats.load_at(at), usable(c)))
+                    .collect();
+                let margin = if home.is_some() { SETTLED } else { OPEN };
+                match pick(&loads, random(), home_index.map(|h| (h, margin))) {
+                    Some(n) => n,
+                    None => return Choice::NoInstance,
+                }
+            }
+        };
+        let candidate = &state.candidates[n];
+        let result = chosen(&state.instances[candidate.index], &candidate.stats);
+        let addr = candidate.addr;
+        state.home = Some(Home::after(home, addr, now));
+        Choice::Chosen(result)
+    }
+}
+
+impl PickerState {
+    /// Takes the candidates from the registry's current snapshot.
+    fn refresh(
+        &mut self,
+        balancer: &Balancer,
+        registry: &Registry,
+        service: &str,
+        wanted: impl Fn(&Instance) -> bool,
+    ) {
+        let snapshot = registry.snapshot();
+        self.loaded = snapshot.is_loaded();
+        self.instances = snapshot.instances(service);
+        self.candidates = self
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.registered && wanted(i))
+            .map(|(index, i)| Candidate {
+                index,
+                addr: i.addr,
+                tier: balancer.locality.tier(i),
+                stats: balancer.stats(i.addr),
+            })
+            .collect();
+        self.closest_tier = self.candidates.iter().map(|c| c.tier).min().unwrap_or(0);
+        self.closest = self
+            .candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.tier == self.closest_tier)
+            .map(|(n, _)| n)
+            .collect();
+    }
+
+    /// The choice while settled on the home instance, candidate `home`, if that is simple: home
+    /// is usable and in the closest tier, so the pool of power of two choices is that tier,
+    /// and only home's and one other's loads are read (the other instances' stats are written
+    /// by every call to them, from every thread). `None` leaves the choice to [`pick`].
+    fn settled_choice(
+        &self,
+        home: usize,
+        usable: impl Fn(&Candidate) -> bool,
+        at: u64,
+    ) -> Option<usize> {
+        let c = &self.candidates[home];
+        if c.tier != self.closest_tier || !usable(c) {
+            return None;
+        }
+        let seed = random();
+        let n = self.closest.len();
+        // The other choice: a random one of the closest tier other than home.
+        let first = (seed % n as u64) as usize;
+        let other = match self.closest[first] {
+            o if o != home => o,
+            _ if n > 1 => self.closest[(first + 1) % n],
+            _ => return Some(home),
+        };
+        let o = &self.candidates[other];
+        let lighter = usable(o)
+            && o.stats.load_at(at).saturating_mul(SETTLED.num)
+                < c.stats.load_at(at).saturating_mul(SETTLED.den);
+        Some(if lighter { other } else { home })
+    }
+}
+
+/// Where a client's calls went last, so that its next call prefers the same instance.
+///
+/// Plain power of two choices sends consecutive calls of one caller to different instances,
+/// and so through different connections whose tasks run on other worker threads. It also breaks
+/// up the convoys that form on a connection (a batch of replies wakes its callers, whose next
+/// requests leave in one batch again), so batches shrink and wake-ups multiply: measured, that
+/// cost about a third of the throughput at 64 calls in flight over 3 instances, and so did
+/// leaving home whenever a random other instance looked a quarter lighter (one call in eight
+/// moved, on noise).
+///
+/// So a client settles on its home instance for a while ([`SETTLE_CALLS`] calls, at most
+/// [`SETTLE_FOR`]) and leaves it then only for one less than half as loaded: a slow or stuck
+/// instance is still left at once. When the while is over, the home is the first of the two
+/// choices and is left for one a quarter lighter, which is what spreads callers evenly over
+/// time.
+#[derive(Debug, Clone, Copy)]
+struct Home {
+    addr: SocketAddr,
+    /// Calls left until the choice is open again.
+    calls_left: u32,
+    /// When the choice is open again at the latest.
+    until: Instant,
+}
+
+/// Calls a client stays on its home instance before the choice is open again.
+const SETTLE_CALLS: u32 = 32;
+/// The longest a client stays on its home instance before the choice is open again, so that a
+/// client making few calls still follows changes in load.
+const SETTLE_FOR: Duration = Duration::from_millis(20);
+/// While settled, home is left only for an instance with less than half its load.
+const SETTLED: Margin = Margin { num: 2, den: 1 };
+/// When the choice is open, home is left for an instance a quarter lighter, so that noise in the
+/// loads does not move a caller back and forth.
+const OPEN: Margin = Margin { num: 4, den: 3 };
+
+/// How much lighter another instance must be to leave home: `other * num < home * den`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Margin {
+    num: u64,
+    den: u64,
+}
+
+impl Home {
+    fn settled(&self, now: Instant) -> bool {
+        self.calls_left > 0 && now < self.until
+    }
+
+    /// The home after a call at `now` went to `addr`, from the `settled` home before it: one
+    /// settled call fewer if it stayed, settled afresh if it moved or the choice was open.
+    fn after(settled: Option<Home>, addr: SocketAddr, now: Instant) -> Home {
+        match settled {
+            Some(home) if home.addr == addr => Home {
+                calls_left: home.calls_left - 1,
+                ..home
+            },
+            _ => Home {
+                addr,
+                calls_left: SETTLE_CALLS,
+                until: now + SETTLE_FOR,
+            },
+        }
+    }
 }
 
 /// Power of two choices over `(index, tier, load, usable)`: the closest tier with a usable
 /// candidate, then the lighter of two: `home` (a candidate's index) if it is in that pool, and
-/// one picked by `seed`. The first choice wins ties, and home wins unless the other is a quarter
-/// lighter. Falls back to unusable candidates
-/// (ejected or already tried) only when nothing else is registered, as a last resort.
-fn pick(candidates: &[(usize, u8, u64, bool)], seed: u64, home: Option<usize>) -> Option<usize> {
+/// one picked by `seed`. The first choice wins ties, and home wins unless the other is lighter
+/// by home's [`Margin`]. Falls back to unusable candidates (ejected or already tried) only when
+/// nothing else is registered, as a last resort.
+fn pick(
+    candidates: &[(usize, u8, u64, bool)],
+    seed: u64,
+    home: Option<(usize, Margin)>,
+) -> Option<usize> {
     // The pool, without collecting it (this runs on every call): the usable candidates of the
     // closest tier, or every candidate if none is usable.
     let any_usable = candidates.iter().any(|c| c.3);
@@ -293,17 +532,14 @@ fn pick(candidates: &[(usize, u8, u64, bool)], seed: u64, home: Option<usize>) -
         1 => nth(0).map(|c| c.0),
         n => {
             let first = home
-                .and_then(|h| pool().position(|c| c.0 == h))
+                .and_then(|(h, _)| pool().position(|c| c.0 == h))
                 .unwrap_or((seed % n as u64) as usize);
             // A second, different index.
             let second = (first + 1 + ((seed >> 32) % (n as u64 - 1)) as usize) % n;
             let (a, b) = (nth(first)?, nth(second)?);
-            // Home is left only for a clearly lighter instance (by a quarter), so that noise in
-            // the loads does not move a caller back and forth.
-            let lighter = if home.is_some_and(|h| h == a.0) {
-                b.2.saturating_mul(4) < a.2.saturating_mul(3)
-            } else {
-                b.2 < a.2
+            let lighter = match home {
+                Some((h, m)) if h == a.0 => b.2.saturating_mul(m.num) < a.2.saturating_mul(m.den),
+                _ => b.2 < a.2,
             };
             Some(if lighter { b.0 } else { a.0 })
         }
@@ -358,10 +594,11 @@ impl RetryBudget {
         }
     }
 
-    /// Counts one call.
-    pub(crate) fn deposit(&self) {
+    /// Counts `calls` calls.
+    pub(crate) fn deposit(&self, calls: u32) {
         // Capped when folded in; until then it cannot overflow in any realistic run.
-        self.deposited.fetch_add(RETRY_PER_CALL, Ordering::Relaxed);
+        self.deposited
+            .fetch_add(u64::from(calls) * RETRY_PER_CALL, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget, if there is one.
@@ -422,24 +659,97 @@ mod tests {
         // Equal loads: the home instance every time, whatever the random second choice.
         let equal: Vec<_> = (0..3).map(|i| (i, 0, 10, true)).collect();
         for _ in 0..100 {
-            assert_eq!(pick(&equal, random(), Some(2)), Some(2));
+            assert_eq!(pick(&equal, random(), Some((2, OPEN))), Some(2));
         }
         // Home is the busiest: any second choice is lighter and wins.
         let busy_home = [(0, 0, 10, true), (1, 0, 10, true), (2, 0, 50, true)];
-        for _ in 0..100 {
-            assert_ne!(pick(&busy_home, random(), Some(2)), Some(2));
+        for margin in [OPEN, SETTLED] {
+            for _ in 0..100 {
+                assert_ne!(pick(&busy_home, random(), Some((2, margin))), Some(2));
+            }
         }
+        // A third heavier: left when the choice is open, kept while settled.
+        let heavier_home = [(0, 0, 10, true), (1, 0, 15, true)];
+        assert_eq!(pick(&heavier_home, 0, Some((1, OPEN))), Some(0));
+        assert_eq!(pick(&heavier_home, 0, Some((1, SETTLED))), Some(1));
         // A home outside the closest tier is no first choice.
         let far_home = [(0, 0, 10, true), (1, 2, 1, true)];
-        assert_eq!(pick(&far_home, 3, Some(1)), Some(0));
+        assert_eq!(pick(&far_home, 3, Some((1, SETTLED))), Some(0));
     }
 
     #[test]
-    fn addr_keys_are_nonzero_and_tell_ports_apart() {
-        let a: SocketAddr = "127.0.0.1:7000".parse().expect("addr");
-        let b: SocketAddr = "127.0.0.1:7001".parse().expect("addr");
-        assert_ne!(addr_key(a), 0);
-        assert_ne!(addr_key(a), addr_key(b));
+    fn a_home_settles_for_a_number_of_calls_or_a_while() {
+        let (a, b): (SocketAddr, SocketAddr) =
+            (([127, 0, 0, 1], 1).into(), ([127, 0, 0, 1], 2).into());
+        let start = Instant::now();
+        let mut home = Home::after(None, a, start);
+        for _ in 1..SETTLE_CALLS {
+            assert!(home.settled(start));
+            home = Home::after(Some(home), a, start);
+        }
+        assert!(home.settled(start), "one settled call left");
+        home = Home::after(Some(home), a, start);
+        assert_eq!(home.addr, a);
+        assert!(!home.settled(start), "settled calls used up");
+        // Moving settles on the new home, and so does staying once the choice was open.
+        let moved = Home::after(Some(Home::after(None, a, start)), b, start);
+        assert_eq!((moved.addr, moved.calls_left), (b, SETTLE_CALLS));
+        let later = start + SETTLE_FOR;
+        assert!(!moved.settled(later), "settled time is over");
+        let stayed = Home::after(None, b, later);
+        assert!(stayed.settled(later));
+    }
+
+    /// A picker state over instances with these `(tier, load)`s (a load of in-flight calls at
+    /// a latency EWMA of 1 ns, sampled at time 0).
+    fn state_of(loads: &[(u8, u32)]) -> PickerState {
+        let mut state = PickerState::default();
+        for (n, &(tier, load)) in loads.iter().enumerate() {
+            let stats = Arc::new(InstanceStats::default());
+            stats.ewma_ns.store(1, Ordering::Relaxed);
+            stats.in_flight.store(load - 1, Ordering::Relaxed);
+            state.candidates.push(Candidate {
+                index: n,
+                addr: ([127, 0, 0, 1], 7000 + n as u16).into(),
+                tier,
+                stats,
+            });
+        }
+        state.closest_tier = loads.iter().map(|l| l.0).min().unwrap_or(0);
+        state.closest = (0..loads.len())
+            .filter(|&n| loads[n].0 == state.closest_tier)
+            .collect();
+        state
+    }
+
+    #[test]
+    fn a_settled_client_leaves_home_only_for_half_the_load() {
+        let usable = |_: &Candidate| true;
+        // Another a third lighter: home stays, whichever other is drawn.
+        let state = state_of(&[(0, 30), (0, 20), (0, 20)]);
+        for _ in 0..50 {
+            assert_eq!(state.settled_choice(0, usable, 0), Some(0));
+        }
+        // Every other under half: home is left.
+        let state = state_of(&[(0, 30), (0, 10), (0, 14)]);
+        for _ in 0..50 {
+            assert_ne!(state.settled_choice(0, usable, 0), Some(0));
+        }
+        // Alone in its tier: home, without a look at the others.
+        let state = state_of(&[(0, 30), (1, 1)]);
+        assert_eq!(state.settled_choice(0, usable, 0), Some(0));
+        // Not in the closest tier, or not usable: the general choice decides.
+        assert_eq!(state.settled_choice(1, usable, 0), None);
+        assert_eq!(
+            state.settled_choice(0, |c: &Candidate| c.index != 0, 0),
+            None
+        );
+        // An unusable other is never taken.
+        let state = state_of(&[(0, 30), (0, 1)]);
+        assert_eq!(
+            state.settled_choice(0, |c: &Candidate| c.index != 1, 0),
+            Some(0)
+        );
     }
 
     #[test]
@@ -464,7 +774,7 @@ mod tests {
         assert_eq!(granted, 10);
         // 50 calls earn 10 retries.
         for _ in 0..50 {
-            budget.deposit();
+            budget.deposit(1);
         }
         let mut granted = 0;
         while budget.withdraw(start) {
@@ -490,8 +800,8 @@ mod tests {
     #[test]
     fn ewma_follows_latency_and_in_flight_counts() {
         let stats = Arc::new(InstanceStats::default());
-        assert_eq!(stats.load_at(now_ns()), 1);
-        let guard = stats.start();
+        assert_eq!(stats.load_at(ns_at(Instant::now())), 1);
+        let guard = stats.start(Instant::now());
         assert_eq!(stats.in_flight.load(Ordering::Relaxed), 1);
         guard.answered();
         drop(guard);
@@ -506,7 +816,7 @@ mod tests {
         let sampled = 5_000_000_000;
         stats.sampled_at_ns.store(sampled, Ordering::Relaxed);
         assert_eq!(stats.load_at(sampled), 1 << 40);
-        let half_life = u64::try_from(EWMA_HALF_LIFE.as_nanos()).expect("fits");
+        let half_life = 1u64 << EWMA_HALF_LIFE_SHIFT;
         assert_eq!(stats.load_at(sampled + half_life), 1 << 39);
         assert_eq!(stats.load_at(sampled + 10 * half_life), 1 << 30);
     }

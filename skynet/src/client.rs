@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt as _;
 use tracing::Instrument as _;
 
-use crate::balance;
+use crate::balance::{self, Choice};
 use crate::codec::{self, CodecError, Encoding};
 use crate::error::{CallError, RejectReason};
 use crate::node::Node;
@@ -37,8 +37,8 @@ pub struct ServiceClient {
     encoding: Encoding,
     version: Option<semver::VersionReq>,
     retry_after_loss: bool,
-    /// Where this client's last call by name went (see `balance::Home`).
-    home: balance::Home,
+    /// What this copy keeps between calls by name.
+    picker: balance::Picker,
 }
 
 enum Route<'a> {
@@ -58,7 +58,7 @@ impl ServiceClient {
             encoding: Encoding::Bincode,
             version: None,
             retry_after_loss: false,
-            home: balance::Home::default(),
+            picker: balance::Picker::default(),
         }
     }
 
@@ -74,6 +74,8 @@ impl ServiceClient {
     /// Calls only instances whose version matches `requirement` (a local service too).
     pub fn with_version(mut self, requirement: semver::VersionReq) -> Self {
         self.version = Some(requirement);
+        // The candidates it kept were chosen under the old requirement.
+        self.picker = balance::Picker::default();
         self
     }
 
@@ -163,9 +165,10 @@ impl ServiceClient {
                 decode_reply(&body, &self.service, method, deadline)
             }
             Ok(Route::Discover(registry)) => {
-                let payload = codec::encode(self.encoding, &request).map_err(bad_request)?;
                 let body = self
-                    .call_discovered(registry, method, self.encoding, deadline, &payload)
+                    .call_discovered(registry, method, self.encoding, deadline, |out| {
+                        codec::encode_into(self.encoding, &request, out)
+                    })
                     .await?;
                 decode_reply(&body, &self.service, method, deadline)
             }
@@ -220,7 +223,10 @@ impl ServiceClient {
             }
             Ok(Route::Discover(registry)) => {
                 let body = self
-                    .call_discovered(registry, method, Encoding::Json, deadline, &payload)
+                    .call_discovered(registry, method, Encoding::Json, deadline, |out| {
+                        out.extend_from_slice(&payload);
+                        Ok(())
+                    })
                     .await?;
                 decode_reply(&body, &self.service, method, deadline)
             }
@@ -237,43 +243,42 @@ impl ServiceClient {
     /// be reached, or refused it as unavailable); a call that may have run is retried only if
     /// its method is idempotent. An instance that fails at the connection level is ejected at
     /// once; calls waiting on an instance that leaves the registry give up on it.
+    ///
+    /// `payload` encodes the request into a frame, once per attempt: re-encoding on the rare
+    /// retry is cheaper than keeping a copy of every request.
     async fn call_discovered<E>(
         &self,
         registry: &Registry,
         method: &str,
         encoding: Encoding,
         deadline: Duration,
-        payload: &[u8],
+        payload: impl Fn(&mut Vec<u8>) -> Result<(), CodecError>,
     ) -> Result<Vec<u8>, CallError<E>> {
         let balancer = &self.node.inner().balancer;
-        balancer.budget().deposit();
-        let until = Instant::now() + deadline;
+        self.picker.count_call(balancer.budget());
+        let mut now = Instant::now();
+        let until = now + deadline;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut retries = 0;
         loop {
-            let chosen = {
-                // Borrowed, not cloned: this runs on every call, from every worker thread.
-                let snapshot = registry.current();
-                snapshot.is_loaded().then(|| {
-                    let all = snapshot.instances_of(&self.service);
-                    let wanted =
-                        |i: &Instance| self.version.as_ref().is_none_or(|v| v.matches(&i.version));
-                    balancer
-                        .choose(all, wanted, &tried, &self.home)
-                        .map(|(instance, stats)| {
-                            let idempotent =
-                                self.retry_after_loss || instance.is_idempotent(method);
-                            (instance.addr, idempotent, stats)
-                        })
-                })
-            };
+            let wanted = |i: &Instance| self.version.as_ref().is_none_or(|v| v.matches(&i.version));
+            let chosen = self.picker.choose(
+                balancer,
+                registry,
+                &self.service,
+                wanted,
+                &tried,
+                now,
+                |instance, stats| {
+                    let idempotent = self.retry_after_loss || instance.is_idempotent(method);
+                    (instance.addr, idempotent, stats.clone())
+                },
+            );
             let (addr, idempotent, stats) = match chosen {
-                Some(Some(chosen)) => chosen,
-                Some(None) => return Err(self.no_instance()),
-                None => {
-                    // A node that has just started has not read the registry yet: an empty
-                    // view says nothing about which instances exist.
-                    let remaining = until.saturating_duration_since(Instant::now());
+                Choice::Chosen(chosen) => chosen,
+                Choice::NoInstance => return Err(self.no_instance()),
+                Choice::NotLoaded => {
+                    let remaining = until.saturating_duration_since(now);
                     if registry
                         .wait_for(remaining, RegistrySnapshot::is_loaded)
                         .await
@@ -281,26 +286,22 @@ impl ServiceClient {
                     {
                         return Err(CallError::DeadlineExceeded(deadline));
                     }
+                    now = Instant::now();
                     continue;
                 }
             };
-            let remaining = until.saturating_duration_since(Instant::now());
+            let remaining = until.saturating_duration_since(now);
             if remaining.is_zero() {
                 return Err(CallError::DeadlineExceeded(deadline));
             }
-            // A call that has to dial first says nothing about the instance's latency.
-            let warm = self.node.inner().peers.is_connected(addr);
-            let call = stats.start();
-            let attempt = self.call_remote(addr, method, encoding, remaining, |out| {
-                out.extend_from_slice(payload);
-                Ok(())
-            });
+            let (frame, body_len) = self.request_frame(method, encoding, remaining, &payload)?;
+            let call = stats.start(now);
             // An instance that leaves the registry has its connection closed (see
             // `Node::start_registry`), which ends this attempt as a lost connection.
-            let outcome = attempt.await;
+            let outcome = self.send(addr, frame, body_len, remaining).await;
             let retry = match &outcome {
-                Ok(body) => {
-                    if warm {
+                Ok((body, warm)) => {
+                    if *warm {
                         call.answered();
                     }
                     // Refused before running (draining, or at its limit): safe anywhere.
@@ -320,7 +321,7 @@ impl ServiceClient {
             };
             drop(call);
             if !retry || !balancer.budget().withdraw(Instant::now()) {
-                return outcome;
+                return outcome.map(|(body, _)| body);
             }
             retries += 1;
             tracing::debug!(service = %self.service, method, %addr, retries, "retrying on another instance");
@@ -328,6 +329,7 @@ impl ServiceClient {
             let pause =
                 balance::backoff(retries).min(until.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
+            now = Instant::now();
         }
     }
 
@@ -418,6 +420,21 @@ impl ServiceClient {
         deadline: Duration,
         payload: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
     ) -> Result<Vec<u8>, CallError<E>> {
+        let (frame, body_len) = self.request_frame(method, encoding, deadline, payload)?;
+        let (body, _) = self.send(addr, frame, body_len, deadline).await?;
+        Ok(body)
+    }
+
+    /// Encodes a request frame and returns it with its body's length. Done before dialing, so
+    /// an unencodable or oversized request is refused without touching the network. The id is
+    /// filled in once the connection is known.
+    fn request_frame<E>(
+        &self,
+        method: &str,
+        encoding: Encoding,
+        deadline: Duration,
+        payload: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
+    ) -> Result<(Vec<u8>, usize), CallError<E>> {
         if method.is_empty()
             || method.len() > wire::MAX_NAME_LEN
             || self.service.len() > wire::MAX_NAME_LEN
@@ -427,10 +444,7 @@ impl ServiceClient {
                 message: "service and method names must be 1 to 255 bytes".to_owned(),
             });
         }
-        let config = self.node.config();
-        let peers = &self.node.inner().peers;
-        // Encoded once, before dialing, so an unencodable or oversized request is refused
-        // without touching the network. The id is filled in once the connection is known.
+        let max = self.node.config().max_frame_size;
         let mut frame = Vec::with_capacity(256);
         let head = RequestHead {
             encoding,
@@ -440,42 +454,49 @@ impl ServiceClient {
             trace_id: Some(TraceId::current_or_random()),
         };
         let body_len = wire::write_request(&mut frame, 0, &head, payload).map_err(bad_request)?;
-        if body_len > config.max_frame_size {
+        if body_len > max {
             return Err(CallError::Rejected {
                 reason: RejectReason::TooLarge,
-                message: format!(
-                    "request of {body_len} bytes exceeds the limit of {}",
-                    config.max_frame_size
-                ),
+                message: format!("request of {body_len} bytes exceeds the limit of {max}"),
             });
         }
+        Ok((frame, body_len))
+    }
+
+    /// Sends a request frame to `addr` within `deadline`; returns the response body, and
+    /// whether the call went over a connection that was already open (one that had to be
+    /// dialed first says nothing about the instance's latency).
+    async fn send<E>(
+        &self,
+        addr: SocketAddr,
+        mut frame: Vec<u8>,
+        body_len: usize,
+        deadline: Duration,
+    ) -> Result<(Vec<u8>, bool), CallError<E>> {
+        let peers = &self.node.inner().peers;
+        let large = body_len >= self.node.config().large_message;
         let call = async {
-            let conn = peers.get(addr).await?;
+            let (conn, warm) = peers.get(addr).await?;
             let id = conn.next_id();
             wire::set_request_id(&mut frame, id);
-            let result = conn.call(id, frame, body_len >= config.large_message).await;
+            let result = conn.call(id, frame, large).await;
             if result.is_err() {
                 peers.forget(&conn);
             }
-            result
+            result.map(|body| (body, warm))
         };
-        let body = match tokio::time::timeout(deadline, call).await {
-            Err(_) => return Err(CallError::DeadlineExceeded(deadline)),
-            Ok(Err(PeerError::Unreachable(reason))) => {
-                return Err(CallError::Unreachable {
-                    target: addr.to_string(),
-                    reason,
-                });
-            }
-            Ok(Err(PeerError::Lost(reason))) => {
-                return Err(CallError::ConnectionLost {
-                    target: addr.to_string(),
-                    reason,
-                });
-            }
-            Ok(Ok(body)) => body,
-        };
-        Ok(body)
+        match tokio::time::timeout(deadline, call).await {
+            Err(_) => Err(CallError::DeadlineExceeded(deadline)),
+            Ok(Err(PeerError::Unreachable(reason))) => Err(CallError::Unreachable {
+                target: addr.to_string(),
+                reason,
+            }),
+            Ok(Err(PeerError::Lost(reason))) => Err(CallError::ConnectionLost {
+                target: addr.to_string(),
+                reason,
+            }),
+            Ok(Ok(sent)) => Ok(sent),
+        }
     }
 }
 

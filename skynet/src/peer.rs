@@ -86,10 +86,11 @@ impl Peers {
         self.cached(addr).is_some()
     }
 
-    /// The live connection to `addr`, dialing it if needed.
-    pub(crate) async fn get(&self, addr: SocketAddr) -> Result<Arc<PeerConn>, PeerError> {
+    /// The live connection to `addr`, dialing it if needed, and whether it was open already
+    /// (a call that waited for a dial says nothing about the peer's latency).
+    pub(crate) async fn get(&self, addr: SocketAddr) -> Result<(Arc<PeerConn>, bool), PeerError> {
         if let Some(conn) = self.cached(addr) {
-            return Ok(conn);
+            return Ok((conn, true));
         }
         let gate = self
             .dialing
@@ -100,14 +101,14 @@ impl Peers {
             .clone();
         let _dialing = gate.lock().await;
         if let Some(conn) = self.cached(addr) {
-            return Ok(conn);
+            return Ok((conn, false));
         }
         let conn = self.dial(addr).await?;
         self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(addr, conn.clone());
-        Ok(conn)
+        Ok((conn, false))
     }
 
     /// Closes and forgets the connection to `addr`, if any: calls waiting on it fail as lost,

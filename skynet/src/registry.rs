@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -100,11 +101,6 @@ impl RegistrySnapshot {
             .unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
-    /// Every instance of `service`, borrowed.
-    pub(crate) fn instances_of(&self, service: &str) -> &[Instance] {
-        self.by_service.get(service).map_or(&[], |i| &i[..])
-    }
-
     /// Every instance of every service, ordered by service, then address.
     pub fn all(&self) -> impl Iterator<Item = &Instance> {
         self.by_key.values()
@@ -190,6 +186,9 @@ pub enum Change {
 pub struct Registry {
     snapshot: tokio::sync::watch::Receiver<Arc<RegistrySnapshot>>,
     changes: tokio::sync::broadcast::Sender<Change>,
+    /// Bumped after every new snapshot: callers check it on every call, which reads a line no
+    /// one writes in between, where borrowing the snapshot would take the view's lock.
+    generation: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -211,10 +210,10 @@ impl Registry {
         self.snapshot.borrow().instances(service)
     }
 
-    /// The current snapshot, borrowed: no reference count touched, for the call path. Not to be
-    /// held across an await (it holds the view's read lock).
-    pub(crate) fn current(&self) -> tokio::sync::watch::Ref<'_, Arc<RegistrySnapshot>> {
-        self.snapshot.borrow()
+    /// The number of snapshots published so far. A snapshot read after this returned a number
+    /// is at least that new.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// A receiver of every later snapshot (it always holds the newest; intermediate ones may be
@@ -259,13 +258,15 @@ pub async fn read(store: &Store) -> Result<RegistrySnapshot, StoreError> {
 pub(crate) fn start_view(store: Store, stop: CancellationToken) -> Registry {
     let (tx, rx) = tokio::sync::watch::channel(Arc::new(RegistrySnapshot::default()));
     let (changes, _) = tokio::sync::broadcast::channel(1024);
+    let generation = Arc::new(AtomicU64::new(0));
     let registry = Registry {
         snapshot: rx,
         changes: changes.clone(),
+        generation: generation.clone(),
     };
     tokio::spawn(async move {
         tokio::select! {
-            () = follow(store, tx, changes) => {}
+            () = follow(store, tx, generation, changes) => {}
             () = stop.cancelled() => {}
         }
     });
@@ -278,8 +279,13 @@ const RESYNC_PAUSE: Duration = Duration::from_millis(200);
 async fn follow(
     store: Store,
     tx: tokio::sync::watch::Sender<Arc<RegistrySnapshot>>,
+    generation: Arc<AtomicU64>,
     changes: tokio::sync::broadcast::Sender<Change>,
 ) {
+    let publish = |snapshot: &RegistrySnapshot| {
+        tx.send_replace(Arc::new(snapshot.clone()));
+        generation.fetch_add(1, Ordering::Release);
+    };
     loop {
         let mut snapshot = match read(&store).await {
             Ok(snapshot) => snapshot,
@@ -294,7 +300,7 @@ async fn follow(
         for change in diff(&tx.borrow(), &snapshot) {
             let _ = changes.send(change);
         }
-        tx.send_replace(Arc::new(snapshot.clone()));
+        publish(&snapshot);
         let mut watch = store.watch(INSTANCES_PREFIX, revision);
         loop {
             let events = match watch.next().await {
@@ -317,7 +323,7 @@ async fn follow(
                 }
             }
             snapshot.reindex();
-            tx.send_replace(Arc::new(snapshot.clone()));
+            publish(&snapshot);
         }
     }
 }
