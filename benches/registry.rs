@@ -231,8 +231,13 @@ async fn run() -> Result<()> {
     for kill in 1..=kills {
         let f = failover(&caller, certs.path(), seed_addr).await?;
         eprintln!(
-            "kill {kill}: {} of {} calls failed; culled after {:?}; replacement served {:?} after it started ({:?} after the kill)",
-            f.failed, f.calls, f.culled, f.replacement_served, f.replacement_from_kill
+            "kill {kill}: {} of {} calls failed; {} ended before the cull; culled after {:?}; replacement served {:?} after it started ({:?} after the kill)",
+            f.failed,
+            f.calls,
+            f.ended_before_cull,
+            f.culled,
+            f.replacement_served,
+            f.replacement_from_kill
         );
         figures.push(f);
     }
@@ -289,15 +294,16 @@ async fn run() -> Result<()> {
     );
     println!();
     println!(
-        "| kill | calls | failed | culled after (ms) | replacement serving after start (ms) |"
+        "| kill | calls | failed | calls ended between kill and cull | culled after (ms) | replacement serving after start (ms) |"
     );
-    println!("|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for (i, f) in figures.iter().enumerate() {
         println!(
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             i + 1,
             f.calls,
             f.failed,
+            f.ended_before_cull,
             f.culled.as_millis(),
             f.replacement_served.as_millis()
         );
@@ -342,6 +348,8 @@ impl Drop for Process {
 struct Failover {
     calls: u64,
     failed: u64,
+    /// Calls that ended between the kill and the registry dropping the instance.
+    ended_before_cull: u64,
     culled: Duration,
     replacement_served: Duration,
     replacement_from_kill: Duration,
@@ -379,7 +387,6 @@ async fn failover(caller: &Node, certs: &std::path::Path, seed: SocketAddr) -> R
         let served_by = served_by.clone();
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                calls.fetch_add(1, Ordering::Relaxed);
                 match call(&client, vec![1u8; 64]).await {
                     Ok((_, pid)) => {
                         served_by.send_if_modified(|s| s.insert(pid));
@@ -388,6 +395,7 @@ async fn failover(caller: &Node, certs: &std::path::Path, seed: SocketAddr) -> R
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                calls.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
@@ -403,6 +411,7 @@ async fn failover(caller: &Node, certs: &std::path::Path, seed: SocketAddr) -> R
     let mut changes = registry.changes();
     let mut victim = procs.remove(0);
     let killed_at = Instant::now();
+    let ended_at_kill = calls.load(Ordering::Relaxed);
     victim.child.kill()?;
     victim.child.wait()?;
     let gone = victim.addr;
@@ -417,6 +426,7 @@ async fn failover(caller: &Node, certs: &std::path::Path, seed: SocketAddr) -> R
     })
     .await
     .context("the killed instance was never culled")??;
+    let ended_before_cull = calls.load(Ordering::Relaxed) - ended_at_kill;
 
     let started = Instant::now();
     let replacement = Process::start(certs, seed)?;
@@ -436,6 +446,7 @@ async fn failover(caller: &Node, certs: &std::path::Path, seed: SocketAddr) -> R
     Ok(Failover {
         calls: calls.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed),
+        ended_before_cull,
         culled,
         replacement_served,
         replacement_from_kill,

@@ -40,6 +40,8 @@ pub(crate) struct InstanceStats {
     ewma_ns: AtomicU64,
     /// When the EWMA last took a sample ([`ns_at`]).
     sampled_at_ns: AtomicU64,
+    /// When the calls now in flight began to wait: the last time none was ([`ns_at`]).
+    waiting_since_ns: AtomicU64,
     ejected: AtomicBool,
     probing: AtomicBool,
     /// Cancelled when the instance leaves the registry: its probe stops.
@@ -47,18 +49,33 @@ pub(crate) struct InstanceStats {
 }
 
 impl InstanceStats {
-    /// The load as of `now` ([`ns_at`]).
+    /// The load as of `now` ([`ns_at`]): a latency estimate times (in-flight calls + 1).
+    ///
+    /// Without calls in flight the estimate is the EWMA fading with the time since the last
+    /// reply, so an idle instance gets traffic again. With calls in flight, the time they have
+    /// waited without any reply is the estimate's floor instead: an instance that stopped
+    /// answering (killed, cut off, stuck), or that never answered (a dial to a dead address),
+    /// looks slower by the moment rather than faster, until the registry drops it. Without
+    /// that, callers moved onto a dead instance as its EWMA faded, and an instance that had
+    /// never answered looked the lightest of all.
     fn load_at(&self, now: u64) -> u64 {
         let in_flight = u64::from(self.in_flight.load(Ordering::Relaxed));
-        let idle = now.saturating_sub(self.sampled_at_ns.load(Ordering::Relaxed));
-        let halvings = idle >> EWMA_HALF_LIFE_SHIFT;
-        let ewma = self.ewma_ns.load(Ordering::Relaxed) >> halvings.min(63);
-        ewma.max(1).saturating_mul(in_flight + 1)
+        let ewma = self.ewma_ns.load(Ordering::Relaxed);
+        let sampled_at = self.sampled_at_ns.load(Ordering::Relaxed);
+        let latency = if in_flight == 0 {
+            ewma >> (now.saturating_sub(sampled_at) >> EWMA_HALF_LIFE_SHIFT).min(63)
+        } else {
+            let waiting_since = self.waiting_since_ns.load(Ordering::Relaxed);
+            ewma.max(now.saturating_sub(sampled_at.max(waiting_since)))
+        };
+        latency.max(1).saturating_mul(in_flight + 1)
     }
 
     /// Counts a call in flight, started at `now`, until the returned guard is dropped.
     pub(crate) fn start(&self, now: Instant) -> CallGuard<'_> {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.waiting_since_ns.store(ns_at(now), Ordering::Relaxed);
+        }
         CallGuard {
             stats: self,
             started: now,
@@ -807,6 +824,35 @@ mod tests {
         drop(guard);
         assert_eq!(stats.in_flight.load(Ordering::Relaxed), 0);
         assert!(stats.ewma_ns.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn an_instance_that_stops_answering_looks_slower_by_the_moment() {
+        let stats = InstanceStats::default();
+        let sampled = 5_000_000_000;
+        stats.ewma_ns.store(50_000, Ordering::Relaxed);
+        stats.sampled_at_ns.store(sampled, Ordering::Relaxed);
+        stats.in_flight.store(3, Ordering::Relaxed);
+        // Answering: the EWMA.
+        assert_eq!(stats.load_at(sampled + 10_000), 50_000 * 4);
+        // Silent for a second with calls in flight: a second's latency, not a faded one.
+        assert_eq!(stats.load_at(sampled + 1_000_000_000), 1_000_000_000 * 4);
+    }
+
+    #[test]
+    fn an_instance_that_never_answers_does_not_look_lightest() {
+        let stats = InstanceStats::default();
+        let started = Instant::now();
+        let _waiting = stats.start(started);
+        let at = ns_at(started);
+        assert_eq!(
+            stats.load_at(at),
+            2,
+            "new: light, so that it gets traffic soon"
+        );
+        // Still unanswered after 10 ms: heavier than an instance answering in 1 ms with 4
+        // calls in flight.
+        assert!(stats.load_at(at + 10_000_000) > 1_000_000 * 5);
     }
 
     #[test]
