@@ -265,6 +265,10 @@ struct Candidate {
 /// a few calls per client makes no difference, an atomic every worker writes on every call does.
 const DEPOSIT_EVERY: u32 = 16;
 
+/// One call in this many feeds its latency into the instance's EWMA (see
+/// [`Picker::count_call`]).
+const SAMPLE_EVERY: u32 = 4;
+
 /// What [`Picker::choose`] found.
 pub(crate) enum Choice<T> {
     /// The registry view has not been read yet: it says nothing about which instances exist.
@@ -318,8 +322,11 @@ impl Picker {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Counts one call for the retry budget.
-    pub(crate) fn count_call(&self, budget: &RetryBudget) {
+    /// Counts one call for the retry budget. Returns whether the call's latency should feed
+    /// the instance's EWMA: one call in [`SAMPLE_EVERY`] does, which follows the latency as
+    /// well at any useful rate and spares the other calls a clock read and two stores to a
+    /// line every worker writes.
+    pub(crate) fn count_call(&self, budget: &RetryBudget) -> bool {
         // A load and a store rather than a read-modify-write: a clone is normally used by one
         // task at a time, and a count off by one when it is not costs nothing.
         let uncounted = self.uncounted.load(Ordering::Relaxed) + 1;
@@ -329,6 +336,7 @@ impl Picker {
         } else {
             self.uncounted.store(uncounted, Ordering::Relaxed);
         }
+        uncounted % SAMPLE_EVERY == 1
     }
 
     /// Picks an instance of `service` for a call at `now`: among the registered ones that
@@ -364,7 +372,10 @@ impl Picker {
         let usable = |c: &Candidate| !c.stats.is_ejected() && !avoid.contains(&c.addr);
         let at = ns_at(now);
         let settled = match (home, home_index) {
-            (Some(_), Some(h)) => state.settled_choice(h, usable, at),
+            (Some(home), Some(h)) => {
+                let compare = home.calls_left % COMPARE_EVERY == 0;
+                state.settled_choice(h, usable, compare, at)
+            }
             _ => None,
         };
         let n = match settled {
@@ -430,16 +441,21 @@ impl PickerState {
     /// The choice while settled on the home instance, candidate `home`, if that is simple: home
     /// is usable and in the closest tier, so the pool of power of two choices is that tier,
     /// and only home's and one other's loads are read (the other instances' stats are written
-    /// by every call to them, from every thread). `None` leaves the choice to [`pick`].
+    /// by every call to them, from every thread); and only if `compare`, else home is kept.
+    /// `None` leaves the choice to [`pick`].
     fn settled_choice(
         &self,
         home: usize,
         usable: impl Fn(&Candidate) -> bool,
+        compare: bool,
         at: u64,
     ) -> Option<usize> {
         let c = &self.candidates[home];
         if c.tier != self.closest_tier || !usable(c) {
             return None;
+        }
+        if !compare {
+            return Some(home);
         }
         let seed = random();
         let n = self.closest.len();
@@ -469,8 +485,8 @@ impl PickerState {
 /// moved, on noise).
 ///
 /// So a client settles on its home instance for a while ([`SETTLE_CALLS`] calls, at most
-/// [`SETTLE_FOR`]) and leaves it then only for one less than half as loaded: a slow or stuck
-/// instance is still left at once. When the while is over, the home is the first of the two
+/// [`SETTLE_FOR`]) and leaves it then only for one less than half as loaded, which it looks
+/// for every [`COMPARE_EVERY`] calls: a slow or stuck instance is still left soon. When the while is over, the home is the first of the two
 /// choices and is left for one a quarter lighter, which is what spreads callers evenly over
 /// time.
 #[derive(Debug, Clone, Copy)]
@@ -484,6 +500,8 @@ struct Home {
 
 /// Calls a client stays on its home instance before the choice is open again.
 const SETTLE_CALLS: u32 = 32;
+/// While settled, one call in this many compares home's load with another instance's.
+const COMPARE_EVERY: u32 = 4;
 /// The longest a client stays on its home instance before the choice is open again, so that a
 /// client making few calls still follows changes in load.
 const SETTLE_FOR: Duration = Duration::from_millis(20);
@@ -745,26 +763,28 @@ mod tests {
         // Another a third lighter: home stays, whichever other is drawn.
         let state = state_of(&[(0, 30), (0, 20), (0, 20)]);
         for _ in 0..50 {
-            assert_eq!(state.settled_choice(0, usable, 0), Some(0));
+            assert_eq!(state.settled_choice(0, usable, true, 0), Some(0));
         }
         // Every other under half: home is left.
         let state = state_of(&[(0, 30), (0, 10), (0, 14)]);
         for _ in 0..50 {
-            assert_ne!(state.settled_choice(0, usable, 0), Some(0));
+            assert_ne!(state.settled_choice(0, usable, true, 0), Some(0));
         }
+        // Between comparisons: home, without a look at the others.
+        assert_eq!(state.settled_choice(0, usable, false, 0), Some(0));
         // Alone in its tier: home, without a look at the others.
         let state = state_of(&[(0, 30), (1, 1)]);
-        assert_eq!(state.settled_choice(0, usable, 0), Some(0));
+        assert_eq!(state.settled_choice(0, usable, true, 0), Some(0));
         // Not in the closest tier, or not usable: the general choice decides.
-        assert_eq!(state.settled_choice(1, usable, 0), None);
+        assert_eq!(state.settled_choice(1, usable, true, 0), None);
         assert_eq!(
-            state.settled_choice(0, |c: &Candidate| c.index != 0, 0),
+            state.settled_choice(0, |c: &Candidate| c.index != 0, true, 0),
             None
         );
         // An unusable other is never taken.
         let state = state_of(&[(0, 30), (0, 1)]);
         assert_eq!(
-            state.settled_choice(0, |c: &Candidate| c.index != 1, 0),
+            state.settled_choice(0, |c: &Candidate| c.index != 1, true, 0),
             Some(0)
         );
     }

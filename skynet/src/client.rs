@@ -255,7 +255,7 @@ impl ServiceClient {
         payload: impl Fn(&mut Vec<u8>) -> Result<(), CodecError>,
     ) -> Result<Vec<u8>, CallError<E>> {
         let balancer = &self.node.inner().balancer;
-        self.picker.count_call(balancer.budget());
+        let sampled = self.picker.count_call(balancer.budget());
         let mut now = Instant::now();
         let until = now + deadline;
         let mut tried: Vec<SocketAddr> = Vec::new();
@@ -301,7 +301,7 @@ impl ServiceClient {
             let outcome = self.send(addr, frame, body_len, remaining).await;
             let retry = match &outcome {
                 Ok((body, warm)) => {
-                    if *warm {
+                    if *warm && sampled {
                         call.answered();
                     }
                     // Refused before running (draining, or at its limit): safe anywhere.
