@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
-use tracing::Instrument as _;
 
 use crate::balance::{self, Choice};
 use crate::codec::{self, CodecError, Encoding};
@@ -367,8 +366,7 @@ impl ServiceClient {
         };
         let span = trace::serve_span(&self.service, method, 0, trace);
         let stats = entry.stats.start_at(now, span.clone());
-        let result = run_guarded(fut, at, deadline)
-            .instrument(span)
+        let result = trace::in_span(run_guarded(fut, at, deadline), span)
             .await
             .and_then(|reply| match reply.downcast::<Result<Resp, Err>>() {
                 Ok(result) => (*result).map_err(CallError::Service),
@@ -406,7 +404,7 @@ impl ServiceClient {
                 return Err(bad_request(e));
             }
         };
-        let result = run_guarded(fut, at, deadline).instrument(span).await;
+        let result = trace::in_span(run_guarded(fut, at, deadline), span).await;
         stats.finish(local_outcome(&result, |frame| Outcome::of_frame(frame)));
         result
     }
@@ -509,8 +507,8 @@ async fn traced<T, E>(
 ) -> Result<T, CallError<E>> {
     let trace = TraceId::current_or_random();
     let span = trace::call_span(service, method, trace);
-    let result = trace.scope(call).instrument(span.clone()).await;
-    span.record("outcome", call_outcome(&result));
+    let result = trace::in_span(trace.scope(call), span.clone()).await;
+    trace::record_outcome(&span, call_outcome(&result));
     result
 }
 

@@ -19,7 +19,6 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument as _;
 
 use crate::config::RpcConfig;
 use crate::peer::IdMap;
@@ -318,7 +317,7 @@ fn dispatch(
             return replies.message(id, Status::BadRequest, &e.to_string());
         }
     };
-    let handler = handler.instrument(span);
+    let handler = trace::in_span(handler, span);
     // Hybrid dispatch: one inline poll. A no-op waker is enough because a call that is not
     // ready is handed to a task, whose first poll registers the real waker. A call that
     // finishes here never arms its deadline timer: that is most calls, and it saves a timer

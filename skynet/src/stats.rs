@@ -210,7 +210,7 @@ impl<S: Deref<Target = MethodStats>> CallGuard<S> {
         self.done = true;
         self.stats
             .finish(outcome, now.saturating_duration_since(self.start));
-        self.span.record("outcome", outcome.as_str());
+        crate::trace::record_outcome(&self.span, outcome.as_str());
     }
 }
 

@@ -99,6 +99,28 @@ pub(crate) fn serve_span(
     )
 }
 
+/// `fut`, run in `span` unless no subscriber wants the span. Entering and leaving a disabled
+/// span on every poll is not free (with `tracing`'s `log` feature, which other crates in a
+/// program may switch on, each is a check of the `log` level), and calls poll often.
+pub(crate) fn in_span<F: Future>(
+    fut: F,
+    span: tracing::Span,
+) -> futures_util::future::Either<tracing::instrument::Instrumented<F>, F> {
+    use tracing::Instrument as _;
+    if span.is_disabled() {
+        futures_util::future::Either::Right(fut)
+    } else {
+        futures_util::future::Either::Left(fut.instrument(span))
+    }
+}
+
+/// Records how a call ended in its span, if the span is wanted at all.
+pub(crate) fn record_outcome(span: &tracing::Span, outcome: &str) {
+    if !span.is_disabled() {
+        span.record("outcome", outcome);
+    }
+}
+
 /// The span of one call this node makes.
 pub(crate) fn call_span(service: &str, method: &str, trace: TraceId) -> tracing::Span {
     tracing::debug_span!(
