@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail, ensure};
 use hdrhistogram::Histogram;
 use skynet::{Node, StoreConfig};
+use skynet_benches::env_or;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -121,19 +122,6 @@ fn rpc_config() -> Result<skynet::RpcConfig> {
         config.keep_alive = Duration::from_millis(ms / 4);
     }
     Ok(config)
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
-        Err(_) => Ok(default),
-    }
 }
 
 impl Settings {

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use skynet::registry::Change;
 use skynet::{Node, NodeBuilder, ServiceClient, ServiceDef, ServiceError, StoreConfig};
-use skynet_benches::{Call, Sample, closed_loop, median};
+use skynet_benches::{Call, Only, Sample, closed_loop, env_or, median};
 
 const COMMAND: &str = "cargo bench -p skynet-benches --bench registry";
 /// Set in the environment of the service processes this benchmark starts.
@@ -49,16 +49,6 @@ fn main() -> Result<()> {
         return runtime.block_on(serve(&role));
     }
     runtime.block_on(run())
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(v) => v.parse().map_err(|e| anyhow::anyhow!("{name}={v:?}: {e}")),
-        Err(_) => Ok(default),
-    }
 }
 
 /// What the echo answers: the payload and the process that served it.
@@ -144,9 +134,7 @@ async fn run() -> Result<()> {
     let measure = Duration::from_secs_f64(env_or("SKYNET_BENCH_SECS", 2.0)?);
     let rounds: usize = env_or("SKYNET_BENCH_ROUNDS", 5)?;
     let kills: usize = env_or("SKYNET_BENCH_KILLS", 3)?;
-    let only: Option<Vec<String>> = std::env::var("SKYNET_BENCH_ONLY")
-        .ok()
-        .map(|list| list.split(',').map(|p| p.trim().to_owned()).collect());
+    let only = Only::from_env();
     ensure!(rounds > 0, "SKYNET_BENCH_ROUNDS must be positive");
     let certs = tempfile::tempdir()?;
     let data = tempfile::tempdir()?;
@@ -192,10 +180,7 @@ async fn run() -> Result<()> {
             // Rotate the order so none always runs on a warmer machine.
             for k in 0..ways.len() {
                 let way = (round + k) % ways.len();
-                if !only
-                    .as_ref()
-                    .is_none_or(|parts| parts.iter().any(|p| WAYS[way].contains(p.as_str())))
-                {
+                if !only.selects(WAYS[way]) {
                     continue;
                 }
                 let before = served(&instances);

@@ -20,7 +20,7 @@ use skynet::initiator::RouteCaller;
 use skynet::initiator::http::{HttpConfig, HttpInitiator};
 use skynet::route::{self, Hop, Route, Router};
 use skynet::{Node, ServiceDef, ServiceError, StoreConfig};
-use skynet_benches::{Call, Sample, closed_loop, median};
+use skynet_benches::{Call, Sample, closed_loop, env_or, median};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 
 const COMMAND: &str = "cargo bench -p skynet-benches --bench route";
@@ -33,13 +33,6 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?
         .block_on(run())
-}
-
-fn env_or(name: &str, default: f64) -> Result<f64> {
-    match std::env::var(name) {
-        Ok(v) => v.parse().with_context(|| format!("{name}={v:?}")),
-        Err(_) => Ok(default),
-    }
 }
 
 /// A keep-alive HTTP/1.1 connection posting to the route.

@@ -33,7 +33,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -46,7 +45,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde_bytes::ByteBuf;
 use skynet::tls::{CLUSTER_SERVER_NAME, Credentials};
 use skynet::{Context, Node, ServiceClient, ServiceDef, ServiceError};
-use skynet_benches::{context_switches, process_cpu};
+use skynet_benches::{Only, context_switches, env_or, process_cpu};
 use tarpc::server::Channel as _;
 use tarpc::tokio_serde::formats::Bincode;
 use tonic::codegen::http;
@@ -89,7 +88,7 @@ struct Settings {
     workers: usize,
     retries: usize,
     in_flight: Vec<usize>,
-    only: Option<Vec<String>>,
+    only: Only,
 }
 
 impl Settings {
@@ -118,12 +117,7 @@ impl Settings {
             in_flight.iter().all(|&n| n > 0),
             "SKYNET_BENCH_IN_FLIGHT levels must be positive"
         );
-        let only = std::env::var("SKYNET_BENCH_ONLY").ok().map(|list| {
-            list.split(',')
-                .map(|part| part.trim().to_owned())
-                .filter(|part| !part.is_empty())
-                .collect()
-        });
+        let only = Only::from_env();
         Ok(Self {
             measure: Duration::try_from_secs_f64(secs).context("SKYNET_BENCH_SECS")?,
             warmup: Duration::try_from_secs_f64(warmup).context("SKYNET_BENCH_WARMUP_SECS")?,
@@ -137,9 +131,7 @@ impl Settings {
 
     /// Whether `name` (a system name, or "isolation") is selected.
     fn selected(&self, name: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|parts| parts.iter().any(|part| name.contains(part.as_str())))
+        self.only.selects(name)
     }
 }
 
@@ -149,21 +141,6 @@ fn load_average() -> String {
         .ok()
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|| "unknown".to_owned())
-}
-
-fn env_or<T>(name: &str, default: T) -> Result<T>
-where
-    T: FromStr,
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    match std::env::var(name) {
-        Ok(value) => value
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}={value:?}")),
-        Err(std::env::VarError::NotPresent) => Ok(default),
-        Err(e) => Err(e).with_context(|| format!("reading {name}")),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -932,7 +909,7 @@ fn report(
     if settings.in_flight != IN_FLIGHT {
         println!("SKYNET_BENCH_IN_FLIGHT={:?}", settings.in_flight);
     }
-    if let Some(only) = &settings.only {
+    if let Some(only) = settings.only.parts() {
         println!("SKYNET_BENCH_ONLY={:?}: a partial run.", only.join(","));
     }
     println!();

@@ -112,6 +112,50 @@ pub fn context_switches() -> Option<u64> {
     Some(total)
 }
 
+/// The value of the environment variable `name`, parsed, or `default` when it is not set.
+pub fn env_or<T>(name: &str, default: T) -> Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{name}={value:?}: {e}")),
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Err(e) => Err(anyhow::anyhow!("reading {name}: {e}")),
+    }
+}
+
+/// `SKYNET_BENCH_ONLY`: comma-separated parts of the names of what to run; everything when unset.
+#[derive(Debug, Clone, Default)]
+pub struct Only(Option<Vec<String>>);
+
+impl Only {
+    /// Reads `SKYNET_BENCH_ONLY`.
+    pub fn from_env() -> Self {
+        Self(std::env::var("SKYNET_BENCH_ONLY").ok().map(|list| {
+            list.split(',')
+                .map(|part| part.trim().to_owned())
+                .filter(|part| !part.is_empty())
+                .collect()
+        }))
+    }
+
+    /// Whether `name` contains one of the parts (always, when the variable is unset).
+    pub fn selects(&self, name: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|parts| parts.iter().any(|part| name.contains(part.as_str())))
+    }
+
+    /// The parts, when the run is a partial one.
+    pub fn parts(&self) -> Option<&[String]> {
+        self.0.as_deref()
+    }
+}
+
 /// The median of `values` (the upper one of an even count); `NaN` for none.
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);

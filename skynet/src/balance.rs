@@ -238,6 +238,7 @@ pub(crate) struct Picker {
     uncounted: AtomicU32,
 }
 
+#[derive(Default)]
 struct PickerState {
     /// The registry generation the rest comes from; `None` until the first call.
     generation: Option<u64>,
@@ -276,20 +277,6 @@ pub(crate) enum Choice<T> {
     /// No registered instance matches.
     NoInstance,
     Chosen(T),
-}
-
-impl Default for PickerState {
-    fn default() -> Self {
-        Self {
-            generation: None,
-            loaded: false,
-            instances: Arc::from(Vec::new()),
-            candidates: Vec::new(),
-            closest_tier: 0,
-            closest: SmallVec::new(),
-            home: None,
-        }
-    }
 }
 
 impl Clone for Picker {
