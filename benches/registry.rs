@@ -15,7 +15,8 @@
 //! until it served a call.
 //!
 //! Settings (environment): `SKYNET_BENCH_SECS` (measured seconds per cell, default 2),
-//! `SKYNET_BENCH_ROUNDS` (default 5), `SKYNET_BENCH_KILLS` (failover repetitions, default 3; 0
+//! `SKYNET_BENCH_ROUNDS` (default 5), `SKYNET_BENCH_IN_FLIGHT` (comma-separated levels, default
+//! `1,64`), `SKYNET_BENCH_KILLS` (failover repetitions, default 3; 0
 //! skips part two), `SKYNET_BENCH_ONLY` (comma-separated parts of the names of the ways to call
 //! in part one, e.g. `by name`; default all three; meant for profiling).
 
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use skynet::registry::Change;
 use skynet::{Node, NodeBuilder, ServiceClient, ServiceDef, ServiceError, StoreConfig};
-use skynet_benches::{Call, Only, Sample, closed_loop, env_or, median};
+use skynet_benches::{Call, Only, Sample, closed_loop, env_or, in_flight_levels, median};
 
 const COMMAND: &str = "cargo bench -p skynet-benches --bench registry";
 /// Set in the environment of the service processes this benchmark starts.
@@ -135,6 +136,7 @@ async fn run() -> Result<()> {
     let rounds: usize = env_or("SKYNET_BENCH_ROUNDS", 5)?;
     let kills: usize = env_or("SKYNET_BENCH_KILLS", 3)?;
     let only = Only::from_env();
+    let in_flight = in_flight_levels(&IN_FLIGHT)?;
     ensure!(rounds > 0, "SKYNET_BENCH_ROUNDS must be positive");
     let certs = tempfile::tempdir()?;
     let data = tempfile::tempdir()?;
@@ -174,7 +176,7 @@ async fn run() -> Result<()> {
     let ways: [&[ServiceClient]; 3] = [&by_name, &spread, &direct];
     const WAYS: [&str; 3] = ["by name", "by address, spread", "one instance"];
     let mut table = Vec::new();
-    for &n in &IN_FLIGHT {
+    for &n in &in_flight {
         let mut samples: [Vec<Sample>; 3] = Default::default();
         for round in 0..rounds {
             // Rotate the order so none always runs on a warmer machine.

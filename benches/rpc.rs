@@ -45,7 +45,7 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde_bytes::ByteBuf;
 use skynet::tls::{CLUSTER_SERVER_NAME, Credentials};
 use skynet::{Context, Node, ServiceClient, ServiceDef, ServiceError};
-use skynet_benches::{Only, context_switches, env_or, process_cpu};
+use skynet_benches::{Only, context_switches, env_or, in_flight_levels, process_cpu};
 use tarpc::server::Channel as _;
 use tarpc::tokio_serde::formats::Bincode;
 use tonic::codegen::http;
@@ -105,18 +105,7 @@ impl Settings {
             "SKYNET_BENCH_WARMUP_SECS must not be negative"
         );
         ensure!(rounds > 0, "SKYNET_BENCH_ROUNDS must be positive");
-        let in_flight = match std::env::var("SKYNET_BENCH_IN_FLIGHT") {
-            Ok(list) => list
-                .split(',')
-                .map(|n| n.trim().parse::<usize>())
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("SKYNET_BENCH_IN_FLIGHT={list:?}"))?,
-            Err(_) => IN_FLIGHT.to_vec(),
-        };
-        ensure!(
-            in_flight.iter().all(|&n| n > 0),
-            "SKYNET_BENCH_IN_FLIGHT levels must be positive"
-        );
+        let in_flight = in_flight_levels(&IN_FLIGHT)?;
         let only = Only::from_env();
         Ok(Self {
             measure: Duration::try_from_secs_f64(secs).context("SKYNET_BENCH_SECS")?,

@@ -128,6 +128,22 @@ where
     }
 }
 
+/// `SKYNET_BENCH_IN_FLIGHT`: comma-separated positive calls-in-flight levels, or `default`
+/// when it is not set.
+pub fn in_flight_levels(default: &[usize]) -> Result<Vec<usize>> {
+    let Ok(list) = std::env::var("SKYNET_BENCH_IN_FLIGHT") else {
+        return Ok(default.to_vec());
+    };
+    list.split(',')
+        .map(|n| match n.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(anyhow::anyhow!(
+                "SKYNET_BENCH_IN_FLIGHT={list:?}: {n:?} is not a positive count"
+            )),
+        })
+        .collect()
+}
+
 /// `SKYNET_BENCH_ONLY`: comma-separated parts of the names of what to run; everything when unset.
 #[derive(Debug, Clone, Default)]
 pub struct Only(Option<Vec<String>>);
