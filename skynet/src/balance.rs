@@ -10,12 +10,13 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
+use crate::peer::PeerConn;
 use crate::registry::{Instance, Registry};
 
 /// Weight of a new latency sample in the EWMA, out of 8.
@@ -246,7 +247,9 @@ struct PickerState {
     loaded: bool,
     /// Every instance of the service in that snapshot.
     instances: Arc<[Instance]>,
-    candidates: Vec<Candidate>,
+    /// Shared with the calls in flight (see [`Picked`]); only this client's calls touch its
+    /// count.
+    candidates: Arc<[Candidate]>,
     /// The closest locality tier among the candidates, and their indices in it.
     closest_tier: u8,
     closest: SmallVec<[usize; 8]>,
@@ -260,6 +263,56 @@ struct Candidate {
     addr: SocketAddr,
     tier: u8,
     stats: Arc<InstanceStats>,
+    /// The connection this client's calls to it use, once one was made: a call then takes no
+    /// lock on the node's peer table and changes no count that other threads' calls change.
+    /// Set once; when it dies the candidates are copied without it (see [`Picker::choose`]).
+    conn: OnceLock<Arc<PeerConn>>,
+}
+
+impl Candidate {
+    fn new(index: usize, addr: SocketAddr, tier: u8, stats: Arc<InstanceStats>) -> Self {
+        Self {
+            index,
+            addr,
+            tier,
+            stats,
+            conn: OnceLock::new(),
+        }
+    }
+
+    /// A copy that keeps the connection only if it is alive.
+    fn without_dead_conn(&self) -> Self {
+        let copy = Self::new(self.index, self.addr, self.tier, self.stats.clone());
+        if let Some(conn) = self.conn.get().filter(|c| c.is_alive()) {
+            let _ = copy.conn.set(conn.clone());
+        }
+        copy
+    }
+}
+
+/// The instance [`Picker::choose`] picked, held for the length of a call.
+pub(crate) struct Picked {
+    candidates: Arc<[Candidate]>,
+    n: usize,
+}
+
+impl Picked {
+    fn candidate(&self) -> &Candidate {
+        &self.candidates[self.n]
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.candidate().addr
+    }
+
+    pub(crate) fn stats(&self) -> &InstanceStats {
+        &self.candidate().stats
+    }
+
+    /// Where this client keeps its connection to the instance.
+    pub(crate) fn conn(&self) -> &OnceLock<Arc<PeerConn>> {
+        &self.candidate().conn
+    }
 }
 
 /// Calls a client counts before it deposits them in the retry budget: a budget that lags by
@@ -329,7 +382,7 @@ impl Picker {
     /// Picks an instance of `service` for a call at `now`: among the registered ones that
     /// `wanted` accepts, avoiding ejected ones and those in `avoid` (already tried by this call)
     /// while others are left. The client's home instance is the first of the two choices (see
-    /// [`Home`]). Returns what `chosen` makes of the instance and its stats.
+    /// [`Home`]). Returns the pick, and what `chosen` makes of its registry entry.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn choose<R>(
         &self,
@@ -339,8 +392,8 @@ impl Picker {
         wanted: impl Fn(&Instance) -> bool,
         avoid: &[SocketAddr],
         now: Instant,
-        chosen: impl FnOnce(&Instance, &Arc<InstanceStats>) -> R,
-    ) -> Choice<R> {
+        chosen: impl FnOnce(&Instance) -> R,
+    ) -> Choice<(Picked, R)> {
         let mut state = self.lock();
         let generation = registry.generation();
         if state.generation != Some(generation) {
@@ -383,11 +436,26 @@ impl Picker {
                 }
             }
         };
+        if state.candidates[n]
+            .conn
+            .get()
+            .is_some_and(|c| !c.is_alive())
+        {
+            // Rare (a connection died): the next call to it dials and keeps the new one.
+            state.candidates = state
+                .candidates
+                .iter()
+                .map(Candidate::without_dead_conn)
+                .collect();
+        }
         let candidate = &state.candidates[n];
-        let result = chosen(&state.instances[candidate.index], &candidate.stats);
-        let addr = candidate.addr;
-        state.home = Some(Home::after(home, addr, now));
-        Choice::Chosen(result)
+        let result = chosen(&state.instances[candidate.index]);
+        state.home = Some(Home::after(home, candidate.addr, now));
+        let picked = Picked {
+            candidates: state.candidates.clone(),
+            n,
+        };
+        Choice::Chosen((picked, result))
     }
 }
 
@@ -408,11 +476,13 @@ impl PickerState {
             .iter()
             .enumerate()
             .filter(|(_, i)| i.registered && wanted(i))
-            .map(|(index, i)| Candidate {
-                index,
-                addr: i.addr,
-                tier: balancer.locality.tier(i),
-                stats: balancer.stats(i.addr),
+            .map(|(index, i)| {
+                Candidate::new(
+                    index,
+                    i.addr,
+                    balancer.locality.tier(i),
+                    balancer.stats(i.addr),
+                )
             })
             .collect();
         self.closest_tier = self.candidates.iter().map(|c| c.tier).min().unwrap_or(0);
@@ -726,17 +796,15 @@ mod tests {
     /// a latency EWMA of 1 ns, sampled at time 0).
     fn state_of(loads: &[(u8, u32)]) -> PickerState {
         let mut state = PickerState::default();
+        let mut candidates = Vec::new();
         for (n, &(tier, load)) in loads.iter().enumerate() {
             let stats = Arc::new(InstanceStats::default());
             stats.ewma_ns.store(1, Ordering::Relaxed);
             stats.in_flight.store(load - 1, Ordering::Relaxed);
-            state.candidates.push(Candidate {
-                index: n,
-                addr: ([127, 0, 0, 1], 7000 + n as u16).into(),
-                tier,
-                stats,
-            });
+            let addr = ([127, 0, 0, 1], 7000 + n as u16).into();
+            candidates.push(Candidate::new(n, addr, tier, stats));
         }
+        state.candidates = candidates.into();
         state.closest_tier = loads.iter().map(|l| l.0).min().unwrap_or(0);
         state.closest = (0..loads.len())
             .filter(|&n| loads[n].0 == state.closest_tier)

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
@@ -12,7 +12,7 @@ use crate::balance::{self, Choice};
 use crate::codec::{self, CodecError, Encoding};
 use crate::error::{CallError, RejectReason};
 use crate::node::Node;
-use crate::peer::PeerError;
+use crate::peer::{PeerConn, PeerError};
 use crate::registry::{Instance, Registry, RegistrySnapshot};
 use crate::server::panic_message;
 use crate::service::{Context, ServiceDef, Wire};
@@ -268,12 +268,9 @@ impl ServiceClient {
                 wanted,
                 &tried,
                 now,
-                |instance, stats| {
-                    let idempotent = self.retry_after_loss || instance.is_idempotent(method);
-                    (instance.addr, idempotent, stats.clone())
-                },
+                |instance| self.retry_after_loss || instance.is_idempotent(method),
             );
-            let (addr, idempotent, stats) = match chosen {
+            let (picked, idempotent) = match chosen {
                 Choice::Chosen(chosen) => chosen,
                 Choice::NoInstance => return Err(self.no_instance()),
                 Choice::NotLoaded => {
@@ -294,10 +291,13 @@ impl ServiceClient {
                 return Err(CallError::DeadlineExceeded(deadline));
             }
             let (frame, body_len) = self.request_frame(method, encoding, remaining, &payload)?;
+            let (addr, stats) = (picked.addr(), picked.stats());
             let call = stats.start(now);
             // An instance that leaves the registry has its connection closed (see
             // `Node::start_registry`), which ends this attempt as a lost connection.
-            let outcome = self.send(addr, frame, body_len, remaining).await;
+            let outcome = self
+                .send(addr, Some(picked.conn()), frame, body_len, remaining)
+                .await;
             let retry = match &outcome {
                 Ok((body, warm)) => {
                     if *warm && sampled {
@@ -419,7 +419,7 @@ impl ServiceClient {
         payload: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
     ) -> Result<Vec<u8>, CallError<E>> {
         let (frame, body_len) = self.request_frame(method, encoding, deadline, payload)?;
-        let (body, _) = self.send(addr, frame, body_len, deadline).await?;
+        let (body, _) = self.send(addr, None, frame, body_len, deadline).await?;
         Ok(body)
     }
 
@@ -463,10 +463,13 @@ impl ServiceClient {
 
     /// Sends a request frame to `addr` within `deadline`; returns the response body, and
     /// whether the call went over a connection that was already open (one that had to be
-    /// dialed first says nothing about the instance's latency).
+    /// dialed first says nothing about the instance's latency). With a `kept` connection
+    /// slot, a live connection in it is used without a look at the node's peer table, and an
+    /// empty slot gets the connection the call used.
     async fn send<E>(
         &self,
         addr: SocketAddr,
+        kept: Option<&OnceLock<Arc<PeerConn>>>,
         mut frame: Vec<u8>,
         body_len: usize,
         deadline: Duration,
@@ -474,12 +477,23 @@ impl ServiceClient {
         let peers = &self.node.inner().peers;
         let large = body_len >= self.node.config().large_message;
         let call = async {
-            let (conn, warm) = peers.get(addr).await?;
+            let looked_up;
+            let (conn, warm) = match kept.and_then(OnceLock::get).filter(|c| c.is_alive()) {
+                Some(conn) => (conn, true),
+                None => {
+                    looked_up = peers.get(addr).await?;
+                    if let Some(slot) = kept {
+                        // Full when the kept one died; the picker drops it (see `Picked`).
+                        let _ = slot.set(looked_up.0.clone());
+                    }
+                    (&looked_up.0, looked_up.1)
+                }
+            };
             let id = conn.next_id();
             wire::set_request_id(&mut frame, id);
             let result = conn.call(id, frame, large).await;
             if result.is_err() {
-                peers.forget(&conn);
+                peers.forget(conn);
             }
             result.map(|body| (body, warm))
         };

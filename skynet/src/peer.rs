@@ -20,8 +20,9 @@ use crate::wire::{self, FrameKind, Status};
 
 const BATCH: usize = 64 << 10;
 
-/// Hashes request ids: sequential u64s need spreading across the table, not SipHash's
-/// protection against chosen keys (the ids are ours).
+/// Hashes keys that are ours, request ids and the addresses of the peers this node dials:
+/// sequential u64s need spreading across the table, not SipHash's protection against chosen
+/// keys, and every call hashes one of each.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct IdHasher(u64);
 
@@ -37,12 +38,29 @@ impl std::hash::Hasher for IdHasher {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // Mixes rather than replaces, so that keys made of several fields (an address) use
+        // them all; a lone u64 from the zero state hashes to `n * K`.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
     }
 }
 
 /// A map keyed by request id.
 pub(crate) type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// A map keyed by peer address.
+type AddrMap<V> = HashMap<SocketAddr, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// A response body: status, encoding, payload (see [`wire::parse_response`]).
 pub(crate) type ResponseBody = Vec<u8>;
@@ -61,9 +79,9 @@ pub(crate) struct Peers {
     /// Taken at shutdown so the socket is released once the last connection is gone.
     endpoint: Mutex<Option<quinn::Endpoint>>,
     config: RpcConfig,
-    live: Mutex<HashMap<SocketAddr, Arc<PeerConn>>>,
+    live: Mutex<AddrMap<Arc<PeerConn>>>,
     /// One dial at a time per address; concurrent callers wait for it instead of dialing too.
-    dialing: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    dialing: Mutex<AddrMap<Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Peers {
@@ -122,6 +140,7 @@ impl Peers {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&addr);
         if let Some(conn) = conn {
+            conn.dead.store(true, Ordering::SeqCst);
             conn.conn.close(0u32.into(), reason);
         }
     }
@@ -192,8 +211,9 @@ pub(crate) struct PeerConn {
 impl PeerConn {
     /// Checked on every call, so it reads only our own flag: `close_reason` would take the
     /// connection's lock, which the connection's driver contends for. The reader sets the flag
-    /// as soon as the connection or its call stream ends.
-    fn is_alive(&self) -> bool {
+    /// as soon as the connection or its call stream ends, and [`Peers::forget_addr`] when it
+    /// closes the connection, so that clients that keep this connection stop using it at once.
+    pub(crate) fn is_alive(&self) -> bool {
         !self.dead.load(Ordering::Acquire)
     }
 
@@ -361,4 +381,24 @@ async fn read_loop(recv: quinn::RecvStream, conn: Arc<PeerConn>) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher as _;
+
+    use super::*;
+
+    #[test]
+    fn addresses_hash_by_every_field() {
+        let hasher = std::hash::BuildHasherDefault::<IdHasher>::default();
+        let hash = |addr: &str| hasher.hash_one(addr.parse::<SocketAddr>().expect("an address"));
+        let base = hash("127.0.0.1:5000");
+        for other in ["127.0.0.1:5001", "127.0.0.2:5000", "[::1]:5000"] {
+            assert_ne!(base, hash(other), "{other}");
+        }
+        // A lone id still spreads: consecutive ids land far apart.
+        let (a, b) = (hasher.hash_one(1u64), hasher.hash_one(2u64));
+        assert!((a ^ b).count_ones() > 8, "{a:x} {b:x}");
+    }
 }
