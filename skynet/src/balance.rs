@@ -34,7 +34,11 @@ fn ns_at(at: Instant) -> u64 {
 }
 
 /// What the caller knows about one instance, shared by every call to it.
+///
+/// Aligned to its own pair of cache lines: every call to the instance, from every worker
+/// thread, writes it, and whatever the allocator put next to it would pay for that.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct InstanceStats {
     in_flight: AtomicU32,
     /// Latency EWMA in nanoseconds; 0 until the first reply, so new instances get traffic soon.
