@@ -616,3 +616,85 @@ fn decode_reply<Resp: Wire, Err: Wire>(
         Status::Unavailable => Err(CallError::Unavailable(message())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ServiceError;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// A node hosting `echo.say` and a caller without services, sharing development credentials.
+    async fn server_and_caller(dir: &std::path::Path) -> anyhow::Result<(Node, Node)> {
+        let echo = ServiceDef::builder("echo", "1.0.0")
+            .method("say", |_, text: String| async move {
+                Ok::<String, ServiceError>(text)
+            })
+            .build()?;
+        let server = Node::builder()
+            .name("server")
+            .development_credentials(dir)
+            .service(echo)
+            .start()
+            .await?;
+        let caller = Node::builder()
+            .name("caller")
+            .development_credentials(dir)
+            .start()
+            .await?;
+        Ok((server, caller))
+    }
+
+    /// Sends `echo.say(text)` to `addr` through `kept`; returns the reply and whether the
+    /// connection was already open.
+    async fn say(
+        client: &ServiceClient,
+        addr: SocketAddr,
+        kept: &OnceLock<Arc<PeerConn>>,
+        text: &str,
+    ) -> anyhow::Result<(String, bool)> {
+        let (frame, body_len) =
+            client.request_frame::<String>("say", Encoding::Bincode, DEADLINE, |out| {
+                codec::encode_into(Encoding::Bincode, &text.to_owned(), out)
+            })?;
+        let (body, warm) = client
+            .send::<String>(addr, Some(kept), frame, body_len, DEADLINE)
+            .await?;
+        let reply: String = decode_reply::<String, String>(&body, "echo", "say", DEADLINE)?;
+        Ok((reply, warm))
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_is_used_until_it_dies_then_replaced() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (server, caller) = server_and_caller(dir.path()).await?;
+        let addr = server.local_addr();
+        let client = caller.client("echo");
+        let kept = OnceLock::new();
+
+        assert_eq!(
+            say(&client, addr, &kept, "one").await?,
+            ("one".to_owned(), false)
+        );
+        let first = kept.get().cloned().expect("the call kept its connection");
+        assert!(first.is_alive());
+        assert_eq!(
+            say(&client, addr, &kept, "two").await?,
+            ("two".to_owned(), true)
+        );
+
+        // The node gives up on the connection (as when it ejects the instance): the kept copy
+        // is dead at once, and the next call dials a new one rather than failing on it.
+        caller.inner().peers.forget_addr(addr, b"test");
+        assert!(!first.is_alive());
+        assert_eq!(
+            say(&client, addr, &kept, "three").await?,
+            ("three".to_owned(), false)
+        );
+        assert!(caller.inner().peers.is_connected(addr));
+
+        caller.shutdown().await;
+        server.shutdown().await;
+        Ok(())
+    }
+}
