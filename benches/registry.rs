@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use skynet::registry::Change;
 use skynet::{Node, NodeBuilder, ServiceClient, ServiceDef, ServiceError, StoreConfig};
-use skynet_benches::{Call, Only, Sample, closed_loop, env_or, in_flight_levels, median};
+use skynet_benches::{Call, Only, Sample, closed_loop, env_counts, env_or, median};
 
 const COMMAND: &str = "cargo bench -p skynet-benches --bench registry";
 /// Set in the environment of the service processes this benchmark starts.
@@ -136,7 +136,7 @@ async fn run() -> Result<()> {
     let rounds: usize = env_or("SKYNET_BENCH_ROUNDS", 5)?;
     let kills: usize = env_or("SKYNET_BENCH_KILLS", 3)?;
     let only = Only::from_env();
-    let in_flight = in_flight_levels(&IN_FLIGHT)?;
+    let in_flight = env_counts("SKYNET_BENCH_IN_FLIGHT", &IN_FLIGHT)?;
     ensure!(rounds > 0, "SKYNET_BENCH_ROUNDS must be positive");
     let certs = tempfile::tempdir()?;
     let data = tempfile::tempdir()?;

@@ -18,6 +18,7 @@
 //! - `SKYNET_BENCH_CELLS`: comma-separated `payload/in-flight` cells to run (e.g. `64/64`);
 //!   default the whole matrix. Meant for profiling.
 //! - `SKYNET_BENCH_IN_FLIGHT`: comma-separated calls-in-flight levels (default `1,64`).
+//! - `SKYNET_BENCH_PAYLOADS`: comma-separated payload sizes in bytes (default `64,4096`).
 //! - `SKYNET_BENCH_WORKERS`: runtime worker threads (default 2, as the reference numbers use).
 //! - `SKYNET_BENCH_RETRIES`: how many measurements in the whole run may be repeated because other
 //!   processes used more than a quarter of a CPU while they ran (default 12, at most 2 for one
@@ -45,14 +46,14 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde_bytes::ByteBuf;
 use skynet::tls::{CLUSTER_SERVER_NAME, Credentials};
 use skynet::{Context, Node, ServiceClient, ServiceDef, ServiceError};
-use skynet_benches::{Only, context_switches, env_or, in_flight_levels, process_cpu};
+use skynet_benches::{Only, context_switches, env_counts, env_or, process_cpu};
 use tarpc::server::Channel as _;
 use tarpc::tokio_serde::formats::Bincode;
 use tonic::codegen::http;
 
 /// The command this benchmark is meant to be run with.
 const COMMAND: &str = "cargo bench -p skynet-benches --bench rpc";
-/// Payload sizes of the matrix.
+/// Payload sizes of the matrix, unless `SKYNET_BENCH_PAYLOADS` says otherwise.
 const PAYLOADS: [usize; 2] = [64, 4096];
 /// Calls in flight of the matrix, unless `SKYNET_BENCH_IN_FLIGHT` says otherwise.
 const IN_FLIGHT: [usize; 2] = [1, 64];
@@ -88,6 +89,8 @@ struct Settings {
     workers: usize,
     retries: usize,
     in_flight: Vec<usize>,
+    /// Payload sizes in bytes.
+    payloads: Vec<usize>,
     only: Only,
 }
 
@@ -105,7 +108,12 @@ impl Settings {
             "SKYNET_BENCH_WARMUP_SECS must not be negative"
         );
         ensure!(rounds > 0, "SKYNET_BENCH_ROUNDS must be positive");
-        let in_flight = in_flight_levels(&IN_FLIGHT)?;
+        let in_flight = env_counts("SKYNET_BENCH_IN_FLIGHT", &IN_FLIGHT)?;
+        let payloads = env_counts("SKYNET_BENCH_PAYLOADS", &PAYLOADS)?;
+        ensure!(
+            payloads.iter().all(|&n| n <= RAW_MAX),
+            "SKYNET_BENCH_PAYLOADS: at most {RAW_MAX} bytes"
+        );
         let only = Only::from_env();
         Ok(Self {
             measure: Duration::try_from_secs_f64(secs).context("SKYNET_BENCH_SECS")?,
@@ -114,6 +122,7 @@ impl Settings {
             workers,
             retries,
             in_flight,
+            payloads,
             only,
         })
     }
@@ -765,7 +774,8 @@ async fn run(settings: Settings) -> Result<()> {
         .filter(|s| settings.selected(s.name()))
         .collect();
     let isolation_selected = settings.selected("isolation");
-    let payloads: Vec<ByteBuf> = PAYLOADS
+    let payloads: Vec<ByteBuf> = settings
+        .payloads
         .iter()
         .map(|&n| ByteBuf::from(vec![0xA5u8; n]))
         .collect();
@@ -776,7 +786,8 @@ async fn run(settings: Settings) -> Result<()> {
     }
 
     let wanted_cells = std::env::var("SKYNET_BENCH_CELLS").ok();
-    let cells: Vec<(usize, usize)> = PAYLOADS
+    let cells: Vec<(usize, usize)> = settings
+        .payloads
         .iter()
         .flat_map(|&p| settings.in_flight.iter().map(move |&n| (p, n)))
         .filter(|(p, n)| {
@@ -800,7 +811,8 @@ async fn run(settings: Settings) -> Result<()> {
     let mut budget = settings.retries;
     for round in 1..=settings.rounds {
         for (c, &(size, inflight)) in cells.iter().enumerate() {
-            let payload = &payloads[PAYLOADS.iter().position(|&p| p == size).unwrap_or(0)];
+            let index = settings.payloads.iter().position(|&p| p == size);
+            let payload = &payloads[index.unwrap_or(0)];
             for (s, system) in systems.iter().enumerate() {
                 let label = format!(
                     "round {round}: {} at {}, {inflight} in flight",
@@ -897,6 +909,9 @@ fn report(
     println!("Load average (1/5/15 min): {load}.");
     if settings.in_flight != IN_FLIGHT {
         println!("SKYNET_BENCH_IN_FLIGHT={:?}", settings.in_flight);
+    }
+    if settings.payloads != PAYLOADS {
+        println!("SKYNET_BENCH_PAYLOADS={:?}", settings.payloads);
     }
     if let Some(only) = settings.only.parts() {
         println!("SKYNET_BENCH_ONLY={:?}: a partial run.", only.join(","));

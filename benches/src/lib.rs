@@ -128,17 +128,17 @@ where
     }
 }
 
-/// `SKYNET_BENCH_IN_FLIGHT`: comma-separated positive calls-in-flight levels, or `default`
-/// when it is not set.
-pub fn in_flight_levels(default: &[usize]) -> Result<Vec<usize>> {
-    let Ok(list) = std::env::var("SKYNET_BENCH_IN_FLIGHT") else {
+/// The environment variable `name` as comma-separated positive counts (calls in flight, payload
+/// sizes), or `default` when it is not set.
+pub fn env_counts(name: &str, default: &[usize]) -> Result<Vec<usize>> {
+    let Ok(list) = std::env::var(name) else {
         return Ok(default.to_vec());
     };
     list.split(',')
         .map(|n| match n.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(anyhow::anyhow!(
-                "SKYNET_BENCH_IN_FLIGHT={list:?}: {n:?} is not a positive count"
+                "{name}={list:?}: {n:?} is not a positive count"
             )),
         })
         .collect()
