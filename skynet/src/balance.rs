@@ -229,13 +229,13 @@ pub(crate) fn stop_probing(stats: &InstanceStats) {
 }
 
 /// What one client (one clone of it) keeps between its calls by name: its service's candidates
-/// at the registry generation it last saw, its home instance, and calls not yet counted in the
-/// retry budget.
+/// at the registry generation it last saw, with the connection to each once it made one, its
+/// home instance, and calls not yet counted in the retry budget.
 ///
 /// Kept per client rather than per node so that the call path touches no state the other
 /// worker threads write: a lookup of the candidates (by service, then each one's stats by
-/// address, under locks every call takes) runs only when the registry changes, and the budget
-/// hears of calls in batches.
+/// address, under locks every call takes) runs only when the registry changes, a call takes
+/// its connection without the node's peer table, and the budget hears of calls in batches.
 #[derive(Default)]
 pub(crate) struct Picker {
     state: Mutex<PickerState>,
