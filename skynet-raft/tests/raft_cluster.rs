@@ -82,7 +82,10 @@ async fn three_members_elect_write_read_and_fail_over() -> Result<(), RaftNodeEr
         .await?;
     n1.add_learner(3, addr(3)).await?;
     n1.change_membership(BTreeSet::from([1, 2, 3])).await?;
-    assert_eq!(n1.metrics().voters, BTreeSet::from([1, 2, 3]));
+    n1.wait_for(WAIT, "three voters", |m| {
+        m.voters == BTreeSet::from([1, 2, 3])
+    })
+    .await?;
     wait_for_value(&nodes[&3], "config/early", "x").await;
     // The installed snapshot's data is readable a moment before the member's metrics name it.
     nodes[&3]
