@@ -131,8 +131,10 @@ where
 /// The environment variable `name` as comma-separated positive counts (calls in flight, payload
 /// sizes), or `default` when it is not set.
 pub fn env_counts(name: &str, default: &[usize]) -> Result<Vec<usize>> {
-    let Ok(list) = std::env::var(name) else {
-        return Ok(default.to_vec());
+    let list = match std::env::var(name) {
+        Ok(list) => list,
+        Err(std::env::VarError::NotPresent) => return Ok(default.to_vec()),
+        Err(e) => return Err(anyhow::anyhow!("reading {name}: {e}")),
     };
     list.split(',')
         .map(|n| match n.trim().parse::<usize>() {
