@@ -7,15 +7,19 @@
 //! calls queued behind them.
 
 use std::collections::HashMap;
+use std::future::Future as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker, ready};
 
-use tokio::sync::{mpsc, oneshot};
+use futures_util::FutureExt as _;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::RpcConfig;
 use crate::tls::CLUSTER_SERVER_NAME;
-use crate::transport::{Incoming, read_frame};
+use crate::transport::{FrameBuf, Incoming, ReadError, read_frame};
 use crate::wire::{self, FrameKind, Status};
 
 const BATCH: usize = 64 << 10;
@@ -170,17 +174,21 @@ impl Peers {
             .map_err(|e| unreachable(&e))?;
         let (send, recv) = conn.open_bi().await.map_err(|e| unreachable(&e))?;
         let (mux, rx) = mpsc::unbounded_channel();
+        let send = Arc::new(tokio::sync::Mutex::new(send));
         let peer = Arc::new(PeerConn {
             addr,
             conn,
             mux,
-            pending: Mutex::default(),
+            send: send.clone(),
+            calls: Mutex::default(),
+            read: Mutex::new(ReadSide::new(recv, self.config.max_frame_size)),
+            reader_wanted: Notify::new(),
             next_id: AtomicU64::new(1),
             dead: AtomicBool::new(false),
             max_frame: self.config.max_frame_size,
         });
         tokio::spawn(write_loop(send, rx));
-        tokio::spawn(read_loop(recv, peer.clone()));
+        tokio::spawn(read_loop(peer.clone()));
         Ok(peer)
     }
 
@@ -198,14 +206,88 @@ impl Peers {
 }
 
 /// One connection to a peer and its shared call stream.
+///
+/// A call alone on the connection writes its own request and reads its own reply, so that its
+/// reply reaches it straight from quinn's connection driver: with the writer and reader tasks
+/// in between, the chain of tasks one reply wakes is longer than Tokio runs on one worker (it
+/// runs a woken task next at most three times in a row), and every lone call paid a hand-over
+/// to the other worker. Calls that overlap go through the writer task (which batches) and the
+/// reader task.
 pub(crate) struct PeerConn {
     addr: SocketAddr,
     conn: quinn::Connection,
     mux: mpsc::UnboundedSender<Vec<u8>>,
-    pending: Mutex<IdMap<oneshot::Sender<ResponseBody>>>,
+    /// Shared with the writer task, which holds it while it writes a batch.
+    send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
+    calls: Mutex<Calls>,
+    /// Taken only for the length of a poll, by the reader task or a lone caller.
+    read: Mutex<ReadSide>,
+    /// Wakes the reader task when calls overlap.
+    reader_wanted: Notify,
     next_id: AtomicU64,
     dead: AtomicBool,
     max_frame: usize,
+}
+
+/// The calls waiting for a reply on a connection.
+#[derive(Default)]
+struct Calls {
+    pending: IdMap<oneshot::Sender<ResponseBody>>,
+    /// Whether the reader task reads for them; when not, at most one call waits, and it reads
+    /// for itself.
+    reader_active: bool,
+}
+
+/// The read half of the call stream, and who polls it.
+struct ReadSide {
+    recv: quinn::RecvStream,
+    frames: FrameBuf,
+    /// The call whose task the stream wakes next (it polled last), or `None` for the reader task.
+    last_poller: Option<u64>,
+    /// The reader task's waker, for a lone caller that leaves as the last poller while other
+    /// calls wait.
+    reader_waker: Option<Waker>,
+}
+
+impl ReadSide {
+    fn new(recv: quinn::RecvStream, limit: usize) -> Self {
+        Self {
+            recv,
+            frames: FrameBuf::new(limit, BATCH),
+            last_poller: None,
+            reader_waker: None,
+        }
+    }
+
+    /// The next frame, polled by the reader task (`poller` is `None`) or by the lone call
+    /// `poller`.
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        poller: Option<u64>,
+    ) -> Poll<Result<Incoming, ReadError>> {
+        loop {
+            if let Some(frame) = self.frames.next_frame() {
+                return Poll::Ready(frame);
+            }
+            let read = {
+                let mut chunk = std::pin::pin!(self.recv.read_chunk(BATCH, true));
+                chunk.as_mut().poll(cx)
+            };
+            match read {
+                Poll::Pending => {
+                    self.last_poller = poller;
+                    if poller.is_none() {
+                        self.reader_waker = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(Some(chunk))) => self.frames.push(&chunk.bytes),
+                Poll::Ready(Ok(None)) => return Poll::Ready(self.frames.end()),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadError::Io(e.into()))),
+            }
+        }
+    }
 }
 
 impl PeerConn {
@@ -250,19 +332,138 @@ impl PeerConn {
         id: u64,
         frame: Vec<u8>,
     ) -> Result<ResponseBody, PeerError> {
-        let (tx, rx) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, tx);
-        // The reader marks the connection dead before it drains `pending`; checking after our
+        let (tx, mut rx) = oneshot::channel();
+        let lone = {
+            let mut calls = self.lock_calls();
+            calls.pending.insert(id, tx);
+            let lone = calls.pending.len() == 1 && !calls.reader_active;
+            if !lone && !calls.reader_active {
+                calls.reader_active = true;
+                self.reader_wanted.notify_one();
+            }
+            lone
+        };
+        // `shut` marks the connection dead before it drains `pending`; checking after our
         // insert means we either see the mark or our entry is drained.
-        if self.dead.load(Ordering::SeqCst) || self.mux.send(frame).is_err() {
+        if self.dead.load(Ordering::SeqCst) {
             self.remove_pending(id);
             return Err(PeerError::Unreachable("connection closed".to_owned()));
         }
-        rx.await
-            .map_err(|_| PeerError::Lost(self.close_description()))
+        let written = if lone {
+            self.write_directly(&frame)
+        } else {
+            Ok(false)
+        };
+        let sent = match written {
+            Ok(true) => true,
+            Ok(false) => self.mux.send(frame).is_ok(),
+            Err(()) => false,
+        };
+        if !sent {
+            self.remove_pending(id);
+            return Err(PeerError::Unreachable("connection closed".to_owned()));
+        }
+        let lost = |_| PeerError::Lost(self.close_description());
+        if lone {
+            let mut reading = LoneRead { conn: self, id };
+            std::future::poll_fn(|cx| reading.poll(cx, &mut rx)).await
+        } else {
+            rx.await.map_err(lost)
+        }
+    }
+
+    /// Writes `frame` from the caller's task when the stream is free: `Ok(true)` if it went,
+    /// `Ok(false)` if the writer task should take it, `Err` if the stream is broken. A frame
+    /// quinn takes only part of (flow control) is finished by a task that holds the stream,
+    /// so no other frame can come between its parts.
+    fn write_directly(&self, frame: &[u8]) -> Result<bool, ()> {
+        let Ok(mut send) = self.send.clone().try_lock_owned() else {
+            return Ok(false);
+        };
+        // quinn's `write` is cancel-safe: when it is not ready, nothing was written.
+        match send.write(frame).now_or_never() {
+            None => Ok(false),
+            Some(Err(_)) => Err(()),
+            Some(Ok(n)) if n == frame.len() => Ok(true),
+            Some(Ok(n)) => {
+                let rest = frame[n..].to_vec();
+                tokio::spawn(async move {
+                    let _ = send.write_all(&rest).await;
+                });
+                Ok(true)
+            }
+        }
+    }
+
+    fn lock_calls(&self) -> std::sync::MutexGuard<'_, Calls> {
+        self.calls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_read(&self) -> std::sync::MutexGuard<'_, ReadSide> {
+        self.read.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands a response to the call waiting on `id`, if it still waits.
+    fn deliver(&self, id: u64, body: ResponseBody) {
+        let waiter = self.lock_calls().pending.remove(&id);
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(body);
+        }
+    }
+
+    /// The connection or its call stream ended: every waiting call fails as lost.
+    fn shut(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+        // Dropping the senders wakes every waiting caller with "connection lost".
+        let mut calls = self.lock_calls();
+        calls.pending.clear();
+        calls.reader_active = false;
+    }
+
+    /// What one poll of the stream gave: a response to deliver, or `Err` when the stream is
+    /// done for (ended, broken, or carrying something that is not a response).
+    fn response(&self, frame: Result<Incoming, ReadError>) -> Result<(u64, ResponseBody), ()> {
+        match frame {
+            Ok(Incoming::Frame(h, body)) if h.kind == FrameKind::Response => Ok((h.id, body)),
+            Ok(Incoming::Oversized {
+                kind: FrameKind::Response,
+                id,
+                body_len,
+                limit,
+            }) => Ok((id, too_large_reply(body_len, limit))),
+            Ok(Incoming::End) => Err(()),
+            Ok(_) => {
+                tracing::debug!(peer = %self.addr, "unexpected frame on a call stream");
+                Err(())
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.addr, error = %e, "call stream failed");
+                Err(())
+            }
+        }
+    }
+
+    /// The reader task's work while calls overlap: reads and delivers until no call waits
+    /// (`Ready(true)`) or the stream is done for (`Ready(false)`).
+    fn poll_reader(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        loop {
+            {
+                let mut calls = self.lock_calls();
+                if calls.pending.is_empty() {
+                    calls.reader_active = false;
+                    // Idle, the reader wants no wake from the stream: with its waker kept,
+                    // every lone call that polled last would wake it for nothing, and a
+                    // second wake in a row hands a task to the other worker.
+                    self.lock_read().reader_waker = None;
+                    return Poll::Ready(true);
+                }
+            }
+            let frame = ready!(self.lock_read().poll_frame(cx, None));
+            match self.response(frame) {
+                Ok((id, body)) => self.deliver(id, body),
+                Err(()) => return Poll::Ready(false),
+            }
+        }
     }
 
     async fn call_on_own_stream(&self, id: u64, frame: Vec<u8>) -> Result<ResponseBody, PeerError> {
@@ -288,16 +489,66 @@ impl PeerConn {
     }
 
     fn remove_pending(&self, id: u64) {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        self.lock_calls().pending.remove(&id);
     }
 
     fn close_description(&self) -> String {
         self.conn
             .close_reason()
             .map_or_else(|| "stream closed".to_owned(), |r| r.to_string())
+    }
+}
+
+/// A lone call reading its own reply; when it goes (answered or dropped) as the stream's last
+/// poller while other calls wait, it wakes the reader task, which the stream would not wake.
+struct LoneRead<'a> {
+    conn: &'a PeerConn,
+    id: u64,
+}
+
+impl LoneRead<'_> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        rx: &mut oneshot::Receiver<ResponseBody>,
+    ) -> Poll<Result<ResponseBody, PeerError>> {
+        let conn = self.conn;
+        loop {
+            // Another poller (the reader task, once calls overlap) may have read our reply.
+            if let Poll::Ready(reply) = Pin::new(&mut *rx).poll(cx) {
+                return Poll::Ready(reply.map_err(|_| PeerError::Lost(conn.close_description())));
+            }
+            let frame = ready!(
+                conn.lock_read()
+                    .poll_frame(cx, Some(self.id))
+            );
+            match conn.response(frame) {
+                Ok((id, body)) if id == self.id => {
+                    // Closed first, dropping our sender does not wake this very task: a task
+                    // woken while it runs is queued behind the others and wakes the other
+                    // worker to take it.
+                    rx.close();
+                    conn.remove_pending(id);
+                    return Poll::Ready(Ok(body));
+                }
+                Ok((id, body)) => conn.deliver(id, body),
+                Err(()) => {
+                    conn.shut();
+                    return Poll::Ready(Err(PeerError::Lost(conn.close_description())));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for LoneRead<'_> {
+    fn drop(&mut self) {
+        let read = self.conn.lock_read();
+        if read.last_poller == Some(self.id) {
+            if let Some(waker) = &read.reader_waker {
+                waker.wake_by_ref();
+            }
+        }
     }
 }
 
@@ -327,7 +578,10 @@ fn too_large_reply(body_len: usize, limit: usize) -> ResponseBody {
     frame.split_off(wire::HEADER_LEN)
 }
 
-async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn write_loop(
+    send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
         batch.clear();
@@ -338,49 +592,26 @@ async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::UnboundedReceiver
                 Err(_) => break,
             }
         }
-        if send.write_all(&batch).await.is_err() {
+        if send.lock().await.write_all(&batch).await.is_err() {
             return;
         }
     }
-    let _ = send.finish();
+    let _ = send.lock().await.finish();
 }
 
-async fn read_loop(recv: quinn::RecvStream, conn: Arc<PeerConn>) {
-    let mut reader = tokio::io::BufReader::with_capacity(BATCH, recv);
+/// Reads for the calls while they overlap; otherwise waits to be wanted, and marks the
+/// connection dead as soon as it closes.
+async fn read_loop(conn: Arc<PeerConn>) {
     loop {
-        let (id, body) = match read_frame(&mut reader, conn.max_frame).await {
-            Ok(Incoming::Frame(h, body)) if h.kind == FrameKind::Response => (h.id, body),
-            Ok(Incoming::Oversized {
-                kind: FrameKind::Response,
-                id,
-                body_len,
-                limit,
-            }) => (id, too_large_reply(body_len, limit)),
-            Ok(Incoming::End) => break,
-            Ok(_) => {
-                tracing::debug!(peer = %conn.addr, "unexpected frame on a call stream");
-                break;
-            }
-            Err(e) => {
-                tracing::debug!(peer = %conn.addr, error = %e, "call stream failed");
-                break;
-            }
-        };
-        let waiter = conn
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(body);
+        tokio::select! {
+            () = conn.reader_wanted.notified() => {}
+            _ = conn.conn.closed() => break,
+        }
+        if !std::future::poll_fn(|cx| conn.poll_reader(cx)).await {
+            break;
         }
     }
-    conn.dead.store(true, Ordering::SeqCst);
-    // Dropping the senders wakes every waiting caller with "connection lost".
-    conn.pending
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clear();
+    conn.shut();
 }
 
 #[cfg(test)]

@@ -207,3 +207,184 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
         Err(e) => Err(ReadError::Header(e)),
     }
 }
+
+/// Frames cut out of a stream's bytes, fed in pieces of any size. The partial frame (header,
+/// part of a body, what is left to skip of an oversized one) lives here, so whoever feeds the
+/// next piece carries on where the last feeder stopped: the poller of a stream may change
+/// between pieces, and one that goes away mid-frame loses nothing.
+pub(crate) struct FrameBuf {
+    buf: Vec<u8>,
+    /// Where the unparsed bytes of `buf` start.
+    start: usize,
+    limit: usize,
+    /// The oversized frame whose body is being thrown away, and how much of it is left.
+    skipping: Option<(Incoming, usize)>,
+}
+
+impl FrameBuf {
+    /// Frames with bodies over `limit` are reported as [`Incoming::Oversized`] without being
+    /// kept.
+    pub(crate) fn new(limit: usize, capacity: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(capacity),
+            start: 0,
+            limit,
+            skipping: None,
+        }
+    }
+
+    /// Takes the next piece of the stream.
+    pub(crate) fn push(&mut self, mut bytes: &[u8]) {
+        if let Some((_, left)) = &mut self.skipping {
+            // An oversized body is dropped as it comes, never buffered.
+            let n = (*left).min(bytes.len());
+            *left -= n;
+            bytes = &bytes[n..];
+        }
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > self.buf.capacity() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole frame, if the bytes so far hold one. After an error the stream is
+    /// unusable.
+    pub(crate) fn next_frame(&mut self) -> Option<Result<Incoming, ReadError>> {
+        if let Some((_, left)) = &self.skipping {
+            if *left > 0 {
+                return None;
+            }
+            return self.skipping.take().map(|(oversized, _)| Ok(oversized));
+        }
+        let pending = &self.buf[self.start..];
+        let header = pending.first_chunk::<HEADER_LEN>()?;
+        match wire::parse_header(header, self.limit) {
+            Ok(h) => {
+                let body = pending.get(HEADER_LEN..HEADER_LEN + h.body_len)?.to_vec();
+                self.start += HEADER_LEN + h.body_len;
+                Some(Ok(Incoming::Frame(h, body)))
+            }
+            Err(HeaderError::TooLarge {
+                kind,
+                id,
+                body_len,
+                limit,
+            }) => {
+                let here = body_len.min(pending.len() - HEADER_LEN);
+                self.start += HEADER_LEN + here;
+                let oversized = Incoming::Oversized {
+                    kind,
+                    id,
+                    body_len,
+                    limit,
+                };
+                self.skipping = Some((oversized, body_len - here));
+                self.next_frame()
+            }
+            Err(e) => Some(Err(ReadError::Header(e))),
+        }
+    }
+
+    /// What the stream's clean end means here: [`Incoming::End`] between frames, a truncated
+    /// frame otherwise.
+    pub(crate) fn end(&self) -> Result<Incoming, ReadError> {
+        if self.start == self.buf.len() && self.skipping.is_none() {
+            Ok(Incoming::End)
+        } else {
+            Err(ReadError::Truncated)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request, a response and a cancel frame, back to back.
+    fn three_frames() -> Vec<u8> {
+        let mut bytes = Vec::new();
+        wire::write_response_message(&mut bytes, 7, wire::Status::Ok, "first");
+        wire::write_cancel(&mut bytes, 8);
+        wire::write_response_message(&mut bytes, 9, wire::Status::NotFound, &"x".repeat(300));
+        bytes
+    }
+
+    fn drain(frames: &mut FrameBuf) -> Vec<(FrameKind, u64, usize)> {
+        let mut out = Vec::new();
+        while let Some(frame) = frames.next_frame() {
+            match frame.expect("a good frame") {
+                Incoming::Frame(h, body) => {
+                    assert_eq!(body.len(), h.body_len);
+                    out.push((h.kind, h.id, h.body_len));
+                }
+                Incoming::Oversized {
+                    kind, id, body_len, ..
+                } => out.push((kind, id, body_len)),
+                Incoming::End => unreachable!("next_frame never says End"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn frames_come_out_whole_however_the_bytes_are_cut() {
+        let bytes = three_frames();
+        let mut whole = FrameBuf::new(1 << 20, 64);
+        whole.push(&bytes);
+        let expected = drain(&mut whole);
+        assert_eq!(expected.len(), 3);
+        assert!(matches!(whole.end(), Ok(Incoming::End)));
+        for piece in [1, 2, 5, 13, 14, 100] {
+            let mut frames = FrameBuf::new(1 << 20, 16);
+            let mut got = Vec::new();
+            for chunk in bytes.chunks(piece) {
+                frames.push(chunk);
+                got.extend(drain(&mut frames));
+            }
+            assert_eq!(got, expected, "pieces of {piece} bytes");
+            assert!(matches!(frames.end(), Ok(Incoming::End)));
+        }
+    }
+
+    #[test]
+    fn an_oversized_frame_is_skipped_without_being_kept() {
+        let mut bytes = Vec::new();
+        wire::write_response_message(&mut bytes, 1, wire::Status::Ok, &"y".repeat(10_000));
+        wire::write_cancel(&mut bytes, 2);
+        let mut frames = FrameBuf::new(1000, 64);
+        let mut got = Vec::new();
+        for chunk in bytes.chunks(700) {
+            frames.push(chunk);
+            got.extend(drain(&mut frames));
+            assert!(frames.buf.len() - frames.start <= 700, "the body is not buffered");
+        }
+        assert_eq!(
+            got,
+            [
+                (FrameKind::Response, 1, bytes.len() - 2 * HEADER_LEN),
+                (FrameKind::Cancel, 2, 0)
+            ]
+        );
+        assert!(matches!(frames.end(), Ok(Incoming::End)));
+    }
+
+    #[test]
+    fn an_end_mid_frame_is_truncation_and_a_bad_header_an_error() {
+        let bytes = three_frames();
+        let mut frames = FrameBuf::new(1 << 20, 64);
+        frames.push(&bytes[..bytes.len() - 1]);
+        assert_eq!(drain(&mut frames).len(), 2);
+        assert!(matches!(frames.end(), Err(ReadError::Truncated)));
+
+        let mut frames = FrameBuf::new(1 << 20, 64);
+        frames.push(&[0, 0, 0, 9, 42, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert!(matches!(
+            frames.next_frame(),
+            Some(Err(ReadError::Header(HeaderError::UnknownKind(42))))
+        ));
+    }
+}
