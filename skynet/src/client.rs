@@ -697,4 +697,24 @@ mod tests {
         server.shutdown().await;
         Ok(())
     }
+
+    /// No call is reading the call stream of an idle connection, yet its death is noticed at
+    /// once: balancing asks [`Peers::is_connected`](crate::peer::Peers::is_connected) of it.
+    #[tokio::test]
+    async fn an_idle_connection_is_known_dead_as_soon_as_it_closes() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (server, caller) = server_and_caller(dir.path()).await?;
+        let addr = server.local_addr();
+        let client = caller.client("echo");
+        let kept = OnceLock::new();
+        say(&client, addr, &kept, "one").await?;
+        let conn = kept.get().cloned().expect("the call kept its connection");
+        assert!(caller.inner().peers.is_connected(addr));
+
+        server.shutdown().await;
+        tokio::time::timeout(DEADLINE, conn.until_dead()).await?;
+        assert!(!caller.inner().peers.is_connected(addr));
+        caller.shutdown().await;
+        Ok(())
+    }
 }

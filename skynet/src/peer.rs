@@ -1,7 +1,8 @@
 //! The calling side: one connection per peer, reused, and redialed when it is lost.
 //!
-//! Calls to a peer share one long-lived stream. Callers encode their request frame and queue
-//! it; one writer task coalesces everything queued into a single write, and one reader task
+//! Calls to a peer share one long-lived stream. A call alone on the connection writes its
+//! request frame and reads its reply itself. Calls that overlap queue their frames for one
+//! writer task, which coalesces everything queued into a single write, and one reader task
 //! hands each response to the caller waiting on its id. Requests of at least
 //! [`RpcConfig::large_message`] bytes go on a stream of their own so they cannot delay small
 //! calls queued behind them.
@@ -299,6 +300,23 @@ impl PeerConn {
         !self.dead.load(Ordering::Acquire)
     }
 
+    /// Waits until the connection is closed and this side has marked it dead.
+    #[cfg(test)]
+    pub(crate) async fn until_dead(&self) {
+        self.conn.closed().await;
+        // The reader task marks it on the same event; let it run.
+        while self.is_alive() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// Who polled the call stream last: `Some(id)` for a lone call, `None` for the reader
+    /// task (or nobody yet).
+    #[cfg(test)]
+    fn last_poller(&self) -> Option<u64> {
+        self.lock_read().last_poller
+    }
+
     /// A fresh request id for this connection.
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -518,10 +536,7 @@ impl LoneRead<'_> {
             if let Poll::Ready(reply) = Pin::new(&mut *rx).poll(cx) {
                 return Poll::Ready(reply.map_err(|_| PeerError::Lost(conn.close_description())));
             }
-            let frame = ready!(
-                conn.lock_read()
-                    .poll_frame(cx, Some(self.id))
-            );
+            let frame = ready!(conn.lock_read().poll_frame(cx, Some(self.id)));
             match conn.response(frame) {
                 Ok((id, body)) if id == self.id => {
                     // Closed first, dropping our sender does not wake this very task: a task
@@ -544,10 +559,10 @@ impl LoneRead<'_> {
 impl Drop for LoneRead<'_> {
     fn drop(&mut self) {
         let read = self.conn.lock_read();
-        if read.last_poller == Some(self.id) {
-            if let Some(waker) = &read.reader_waker {
-                waker.wake_by_ref();
-            }
+        if read.last_poller == Some(self.id)
+            && let Some(waker) = &read.reader_waker
+        {
+            waker.wake_by_ref();
         }
     }
 }
@@ -617,8 +632,81 @@ async fn read_loop(conn: Arc<PeerConn>) {
 #[cfg(test)]
 mod tests {
     use std::hash::BuildHasher as _;
+    use std::time::Duration;
+
+    use tokio::sync::Semaphore;
 
     use super::*;
+    use crate::{Node, ServiceDef, ServiceError};
+
+    /// A lone call that polls the stream after the reader task did (here a spurious poll, as a
+    /// `select!` in the caller's code gives) is the stream's only registered reader. When it
+    /// leaves with its reply, it must wake the reader task for the calls still waiting, or
+    /// their replies are never read.
+    #[tokio::test]
+    async fn a_lone_call_leaving_as_the_last_poller_wakes_the_reader() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let gates = [Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0))];
+        let mut service = ServiceDef::builder("gate", "1.0.0");
+        for (method, gate) in ["a", "b"].into_iter().zip(gates.clone()) {
+            service = service.method(method, move |_, ()| {
+                let gate = gate.clone();
+                async move {
+                    let _pass = gate.acquire().await;
+                    Ok::<(), ServiceError>(())
+                }
+            });
+        }
+        let server = Node::builder()
+            .name("server")
+            .development_credentials(dir.path())
+            .service(service.build()?)
+            .start()
+            .await?;
+        let caller = Node::builder()
+            .name("caller")
+            .development_credentials(dir.path())
+            .start()
+            .await?;
+        let client = caller.client("gate").at(server.local_addr());
+        let deadline = Duration::from_secs(10);
+        // Dials the connection, so that call a's first poll is on the call stream.
+        let _ = client.call::<(), (), ServiceError>("none", ()).await;
+
+        let mut a = std::pin::pin!(client.call::<(), (), ServiceError>("a", ()));
+        assert!(futures_util::poll!(&mut a).is_pending());
+        let (conn, _) = caller
+            .inner()
+            .peers
+            .get(server.local_addr())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let a_id = conn.last_poller().expect("call a reads for itself");
+
+        // Call b overlaps: the reader task takes over the stream...
+        let b = tokio::spawn({
+            let client = client.clone();
+            async move { client.call::<(), (), ServiceError>("b", ()).await }
+        });
+        tokio::time::timeout(deadline, async {
+            while conn.last_poller().is_some() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await?;
+        // ...until call a polls again and is the stream's registered reader once more.
+        assert!(futures_util::poll!(&mut a).is_pending());
+        assert_eq!(conn.last_poller(), Some(a_id));
+
+        gates[0].add_permits(1);
+        tokio::time::timeout(deadline, a).await??;
+        gates[1].add_permits(1);
+        tokio::time::timeout(deadline, b).await???;
+
+        caller.shutdown().await;
+        server.shutdown().await;
+        Ok(())
+    }
 
     #[test]
     fn addresses_hash_by_every_field() {

@@ -360,7 +360,10 @@ mod tests {
         for chunk in bytes.chunks(700) {
             frames.push(chunk);
             got.extend(drain(&mut frames));
-            assert!(frames.buf.len() - frames.start <= 700, "the body is not buffered");
+            assert!(
+                frames.buf.len() - frames.start <= 700,
+                "the body is not buffered"
+            );
         }
         assert_eq!(
             got,

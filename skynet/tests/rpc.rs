@@ -161,6 +161,74 @@ async fn a_thousand_concurrent_calls() -> TestResult {
     Ok(())
 }
 
+/// Calls alone, calls that overlap, and calls dropped while their big reply is still arriving,
+/// over and over on one connection. A lone call reads its own reply; once calls overlap the
+/// connection's reader task reads for them and gives reading back when they are done; a reader
+/// that goes away in the middle of a frame leaves the rest of it to the next. Every call that
+/// is not dropped must get its own reply. Two workers, so that callers and the reader task
+/// also poll the stream at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_passes_between_lone_overlapping_and_dropped_calls() -> TestResult {
+    /// Replies of this size take many reads, so some calls are dropped in the middle of one.
+    const BIG: usize = 256 << 10;
+    let cluster = Cluster::new();
+    let fill = ServiceDef::builder("fill", "1.0.0")
+        .method("bytes", |_: Context, (byte, len): (u8, usize)| async move {
+            Ok::<_, ServiceError>(vec![byte; len])
+        });
+    let server = cluster.node("server", vec![echo_service(), fill]).await;
+    let caller = cluster.node("caller", vec![]).await;
+    let echo = caller.client("echo").at(server.local_addr());
+    let fill = caller.client("fill").at(server.local_addr());
+    let big = |byte: u8| {
+        let fill = fill.clone();
+        async move {
+            let reply: Vec<u8> = fill
+                .call::<_, _, ServiceError>("bytes", (byte, BIG))
+                .await?;
+            let wrong = reply.iter().position(|&b| b != byte);
+            anyhow::ensure!(
+                reply.len() == BIG && wrong.is_none(),
+                "asked for {BIG} bytes of {byte}, got {} bytes, first wrong at {wrong:?}: {:?}",
+                reply.len(),
+                wrong.map(|at| &reply[at..(at + 16).min(reply.len())])
+            );
+            Ok(())
+        }
+    };
+    for round in 0..12u8 {
+        for i in 0..3 {
+            let text = format!("lone {round}.{i}");
+            assert_eq!(say(&echo, &text).await?.text, text);
+        }
+        // Dropped after a while that ends before, during or after its big reply.
+        let wait = Duration::from_micros(100 * u64::from(round));
+        let _ = tokio::time::timeout(wait, big(round)).await;
+        big(round.wrapping_add(100)).await?;
+
+        let mut calls = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            let echo = echo.clone();
+            calls.spawn(async move {
+                let text = format!("overlap {round}.{i}");
+                anyhow::ensure!(say(&echo, &text).await?.text == text);
+                Ok(())
+            });
+        }
+        for byte in [1, 2] {
+            calls.spawn(big(byte));
+        }
+        let dropped = tokio::spawn(big(3));
+        dropped.abort();
+        while let Some(done) = calls.join_next().await {
+            done??;
+        }
+    }
+    caller.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
 /// A service whose handler waits forever and reports when it starts and when it is dropped.
 fn stuck_service(
     started: mpsc::UnboundedSender<()>,
