@@ -271,11 +271,7 @@ impl ReadSide {
             if let Some(frame) = self.frames.next_frame() {
                 return Poll::Ready(frame);
             }
-            let read = {
-                let mut chunk = std::pin::pin!(self.recv.read_chunk(BATCH, true));
-                chunk.as_mut().poll(cx)
-            };
-            match read {
+            match self.frames.poll_read(cx, &mut self.recv) {
                 Poll::Pending => {
                     self.last_poller = poller;
                     if poller.is_none() {
@@ -283,9 +279,9 @@ impl ReadSide {
                     }
                     return Poll::Pending;
                 }
-                Poll::Ready(Ok(Some(chunk))) => self.frames.push(&chunk.bytes),
-                Poll::Ready(Ok(None)) => return Poll::Ready(self.frames.end()),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadError::Io(e.into()))),
+                Poll::Ready(Ok(0)) => return Poll::Ready(self.frames.end()),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadError::Io(e))),
             }
         }
     }

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
+use bytes::{Buf as _, BytesMut};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
@@ -208,47 +209,51 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     }
 }
 
-/// Frames cut out of a stream's bytes, fed in pieces of any size. The partial frame (header,
-/// part of a body, what is left to skip of an oversized one) lives here, so whoever feeds the
-/// next piece carries on where the last feeder stopped: the poller of a stream may change
-/// between pieces, and one that goes away mid-frame loses nothing.
+/// Frames cut out of a stream's bytes as they arrive, in pieces of any size. The partial frame
+/// (header, part of a body, what is left to skip of an oversized one) lives here, so whoever
+/// reads the next piece carries on where the last reader stopped: the poller of a stream may
+/// change between pieces, and one that goes away mid-frame loses nothing.
 pub(crate) struct FrameBuf {
-    buf: Vec<u8>,
-    /// Where the unparsed bytes of `buf` start.
-    start: usize,
+    buf: BytesMut,
     limit: usize,
+    /// Room asked for before each read.
+    read_ahead: usize,
     /// The oversized frame whose body is being thrown away, and how much of it is left.
     skipping: Option<(Incoming, usize)>,
 }
 
 impl FrameBuf {
     /// Frames with bodies over `limit` are reported as [`Incoming::Oversized`] without being
-    /// kept.
-    pub(crate) fn new(limit: usize, capacity: usize) -> Self {
+    /// kept. Each read asks for `read_ahead` bytes of room.
+    pub(crate) fn new(limit: usize, read_ahead: usize) -> Self {
         Self {
-            buf: Vec::with_capacity(capacity),
-            start: 0,
+            buf: BytesMut::with_capacity(read_ahead),
             limit,
+            read_ahead,
             skipping: None,
         }
     }
 
-    /// Takes the next piece of the stream.
-    pub(crate) fn push(&mut self, mut bytes: &[u8]) {
+    /// Reads what `reader` has into the buffer: `Ok(0)` when the stream has ended.
+    pub(crate) fn poll_read<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        reader: &mut R,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.buf.reserve(self.read_ahead);
+        let n = std::task::ready!(tokio_util::io::poll_read_buf(
+            std::pin::Pin::new(reader),
+            cx,
+            &mut self.buf
+        ))?;
         if let Some((_, left)) = &mut self.skipping {
-            // An oversized body is dropped as it comes, never buffered.
-            let n = (*left).min(bytes.len());
+            // An oversized body is dropped as it comes, never kept; the buffer held nothing
+            // else before this read.
+            let n = (*left).min(self.buf.len());
             *left -= n;
-            bytes = &bytes[n..];
+            self.buf.advance(n);
         }
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        } else if self.start > self.buf.capacity() / 2 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        self.buf.extend_from_slice(bytes);
+        std::task::Poll::Ready(Ok(n))
     }
 
     /// The next whole frame, if the bytes so far hold one. After an error the stream is
@@ -260,12 +265,11 @@ impl FrameBuf {
             }
             return self.skipping.take().map(|(oversized, _)| Ok(oversized));
         }
-        let pending = &self.buf[self.start..];
-        let header = pending.first_chunk::<HEADER_LEN>()?;
+        let header = self.buf.first_chunk::<HEADER_LEN>()?;
         match wire::parse_header(header, self.limit) {
             Ok(h) => {
-                let body = pending.get(HEADER_LEN..HEADER_LEN + h.body_len)?.to_vec();
-                self.start += HEADER_LEN + h.body_len;
+                let body = self.buf.get(HEADER_LEN..HEADER_LEN + h.body_len)?.to_vec();
+                self.buf.advance(HEADER_LEN + h.body_len);
                 Some(Ok(Incoming::Frame(h, body)))
             }
             Err(HeaderError::TooLarge {
@@ -274,8 +278,8 @@ impl FrameBuf {
                 body_len,
                 limit,
             }) => {
-                let here = body_len.min(pending.len() - HEADER_LEN);
-                self.start += HEADER_LEN + here;
+                let here = body_len.min(self.buf.len() - HEADER_LEN);
+                self.buf.advance(HEADER_LEN + here);
                 let oversized = Incoming::Oversized {
                     kind,
                     id,
@@ -292,7 +296,7 @@ impl FrameBuf {
     /// What the stream's clean end means here: [`Incoming::End`] between frames, a truncated
     /// frame otherwise.
     pub(crate) fn end(&self) -> Result<Incoming, ReadError> {
-        if self.start == self.buf.len() && self.skipping.is_none() {
+        if self.buf.is_empty() && self.skipping.is_none() {
             Ok(Incoming::End)
         } else {
             Err(ReadError::Truncated)
@@ -302,9 +306,64 @@ impl FrameBuf {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
     use super::*;
 
-    /// A request, a response and a cancel frame, back to back.
+    /// A stream that gives its bytes in the pieces it was made of, one piece per read.
+    struct Pieces(VecDeque<Vec<u8>>);
+
+    impl Pieces {
+        fn of(bytes: &[u8], size: usize) -> Self {
+            Self(bytes.chunks(size).map(<[u8]>::to_vec).collect())
+        }
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if let Some(mut piece) = self.0.pop_front() {
+                let n = piece.len().min(buf.remaining());
+                buf.put_slice(&piece[..n]);
+                if n < piece.len() {
+                    self.0.push_front(piece.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Reads `stream` to its end, taking every frame out as soon as it is whole.
+    fn read_all(frames: &mut FrameBuf, stream: &mut Pieces) -> Vec<(FrameKind, u64, usize)> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        loop {
+            while let Some(frame) = frames.next_frame() {
+                match frame.expect("a good frame") {
+                    Incoming::Frame(h, body) => {
+                        assert_eq!(body.len(), h.body_len);
+                        out.push((h.kind, h.id, h.body_len));
+                    }
+                    Incoming::Oversized {
+                        kind, id, body_len, ..
+                    } => out.push((kind, id, body_len)),
+                    Incoming::End => unreachable!("next_frame never says End"),
+                }
+            }
+            match frames.poll_read(&mut cx, stream) {
+                Poll::Ready(Ok(0)) => return out,
+                Poll::Ready(Ok(_)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// A response, a cancel and a longer response frame, back to back.
     fn three_frames() -> Vec<u8> {
         let mut bytes = Vec::new();
         wire::write_response_message(&mut bytes, 7, wire::Status::Ok, "first");
@@ -313,40 +372,23 @@ mod tests {
         bytes
     }
 
-    fn drain(frames: &mut FrameBuf) -> Vec<(FrameKind, u64, usize)> {
-        let mut out = Vec::new();
-        while let Some(frame) = frames.next_frame() {
-            match frame.expect("a good frame") {
-                Incoming::Frame(h, body) => {
-                    assert_eq!(body.len(), h.body_len);
-                    out.push((h.kind, h.id, h.body_len));
-                }
-                Incoming::Oversized {
-                    kind, id, body_len, ..
-                } => out.push((kind, id, body_len)),
-                Incoming::End => unreachable!("next_frame never says End"),
-            }
-        }
-        out
-    }
-
     #[test]
     fn frames_come_out_whole_however_the_bytes_are_cut() {
         let bytes = three_frames();
-        let mut whole = FrameBuf::new(1 << 20, 64);
-        whole.push(&bytes);
-        let expected = drain(&mut whole);
+        let mut whole = FrameBuf::new(1 << 20, 1 << 16);
+        let expected = read_all(&mut whole, &mut Pieces::of(&bytes, bytes.len()));
         assert_eq!(expected.len(), 3);
         assert!(matches!(whole.end(), Ok(Incoming::End)));
         for piece in [1, 2, 5, 13, 14, 100] {
-            let mut frames = FrameBuf::new(1 << 20, 16);
-            let mut got = Vec::new();
-            for chunk in bytes.chunks(piece) {
-                frames.push(chunk);
-                got.extend(drain(&mut frames));
+            for read_ahead in [1, 16, 1 << 16] {
+                let mut frames = FrameBuf::new(1 << 20, read_ahead);
+                let got = read_all(&mut frames, &mut Pieces::of(&bytes, piece));
+                assert_eq!(
+                    got, expected,
+                    "pieces of {piece} bytes, reads of {read_ahead}"
+                );
+                assert!(matches!(frames.end(), Ok(Incoming::End)));
             }
-            assert_eq!(got, expected, "pieces of {piece} bytes");
-            assert!(matches!(frames.end(), Ok(Incoming::End)));
         }
     }
 
@@ -355,23 +397,26 @@ mod tests {
         let mut bytes = Vec::new();
         wire::write_response_message(&mut bytes, 1, wire::Status::Ok, &"y".repeat(10_000));
         wire::write_cancel(&mut bytes, 2);
-        let mut frames = FrameBuf::new(1000, 64);
+        let mut frames = FrameBuf::new(1000, 700);
+        let mut stream = Pieces::of(&bytes, 700);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut got = Vec::new();
-        for chunk in bytes.chunks(700) {
-            frames.push(chunk);
-            got.extend(drain(&mut frames));
-            assert!(
-                frames.buf.len() - frames.start <= 700,
-                "the body is not buffered"
-            );
+        while let Poll::Ready(Ok(n)) = frames.poll_read(&mut cx, &mut stream) {
+            assert!(frames.buf.len() <= 700, "the body is not kept");
+            while let Some(frame) = frames.next_frame() {
+                if let Ok(
+                    Incoming::Oversized { id, body_len, .. }
+                    | Incoming::Frame(Header { id, body_len, .. }, _),
+                ) = frame
+                {
+                    got.push((id, body_len));
+                }
+            }
+            if n == 0 {
+                break;
+            }
         }
-        assert_eq!(
-            got,
-            [
-                (FrameKind::Response, 1, bytes.len() - 2 * HEADER_LEN),
-                (FrameKind::Cancel, 2, 0)
-            ]
-        );
+        assert_eq!(got, [(1, bytes.len() - 2 * HEADER_LEN), (2, 0)]);
         assert!(matches!(frames.end(), Ok(Incoming::End)));
     }
 
@@ -379,12 +424,17 @@ mod tests {
     fn an_end_mid_frame_is_truncation_and_a_bad_header_an_error() {
         let bytes = three_frames();
         let mut frames = FrameBuf::new(1 << 20, 64);
-        frames.push(&bytes[..bytes.len() - 1]);
-        assert_eq!(drain(&mut frames).len(), 2);
+        let got = read_all(&mut frames, &mut Pieces::of(&bytes[..bytes.len() - 1], 64));
+        assert_eq!(got.len(), 2);
         assert!(matches!(frames.end(), Err(ReadError::Truncated)));
 
         let mut frames = FrameBuf::new(1 << 20, 64);
-        frames.push(&[0, 0, 0, 9, 42, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut stream = Pieces::of(&[0, 0, 0, 9, 42, 0, 0, 0, 0, 0, 0, 0, 1], 64);
+        assert!(matches!(
+            frames.poll_read(&mut cx, &mut stream),
+            Poll::Ready(Ok(13))
+        ));
         assert!(matches!(
             frames.next_frame(),
             Some(Err(ReadError::Header(HeaderError::UnknownKind(42))))
