@@ -20,7 +20,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::RpcConfig;
 use crate::tls::CLUSTER_SERVER_NAME;
-use crate::transport::{FrameBuf, Incoming, ReadError, read_frame};
+use crate::transport::{FrameBuf, Incoming, ReadError};
 use crate::wire::{self, FrameKind, Status};
 
 const BATCH: usize = 64 << 10;
@@ -490,7 +490,8 @@ impl PeerConn {
         send.write_all(&frame).await.map_err(|e| lost(&e))?;
         let _ = send.finish();
         let mut recv = recv;
-        match read_frame(&mut recv, self.max_frame).await {
+        let mut frames = FrameBuf::new(self.max_frame, BATCH);
+        match frames.read_frame(&mut recv).await {
             Ok(Incoming::Frame(h, body)) if h.kind == FrameKind::Response && h.id == id => Ok(body),
             Ok(Incoming::Oversized { body_len, .. }) => {
                 Ok(too_large_reply(body_len, self.max_frame))

@@ -25,7 +25,7 @@ use crate::peer::IdMap;
 use crate::service::{Context, ServiceDef};
 use crate::stats::Outcome;
 use crate::trace::{self, TraceId};
-use crate::transport::{Incoming, read_frame};
+use crate::transport::{FrameBuf, Incoming};
 use crate::wire::{self, FrameKind, Status};
 
 /// Bytes gathered into one write by a stream writer before it flushes.
@@ -176,7 +176,7 @@ async fn serve_connection(incoming: quinn::Incoming, state: Arc<ServerState>) {
 
 async fn serve_stream(
     send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    mut recv: quinn::RecvStream,
     state: Arc<ServerState>,
     conn: Arc<ConnState>,
 ) {
@@ -185,8 +185,7 @@ async fn serve_stream(
     state
         .writers
         .spawn(write_loop(send.clone(), rx, state.closing.clone()));
-    let mut reader = tokio::io::BufReader::with_capacity(WRITE_BATCH, recv);
-    let limit = state.config.max_frame_size;
+    let mut frames = FrameBuf::new(state.config.max_frame_size, WRITE_BATCH);
     let mut replies = Replies {
         tx: &tx,
         send: &send,
@@ -197,10 +196,10 @@ async fn serve_stream(
     loop {
         // Replies of calls that finished inline wait here while more requests are already
         // buffered, and go to the writer together before the reader could block.
-        if !holds_whole_frame(reader.buffer()) || replies.ready.len() >= WRITE_BATCH {
+        if !frames.holds_whole_frame() || replies.ready.len() >= WRITE_BATCH {
             replies.flush().await;
         }
-        match read_frame(&mut reader, limit).await {
+        match frames.read_frame(&mut recv).await {
             Ok(Incoming::Frame(header, body)) => match header.kind {
                 FrameKind::Request => dispatch(header.id, &body, &mut replies, &state, &conn),
                 FrameKind::Cancel => conn.abort(header.id),
@@ -229,14 +228,6 @@ async fn serve_stream(
     replies.flush().await;
     // Dropping our sender lets the writer finish the stream once the last running handler of
     // this stream has replied.
-}
-
-/// Whether `buffered` starts with a complete frame, so the next read will not wait.
-fn holds_whole_frame(buffered: &[u8]) -> bool {
-    match buffered.first_chunk::<4>() {
-        Some(length) => buffered.len() >= 4 + u32::from_be_bytes(*length) as usize,
-        None => false,
-    }
 }
 
 /// Replies of one stream's reader, gathered into one buffer and written by the reader itself:

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::{Buf as _, BytesMut};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::io::AsyncRead;
 
 use crate::config::RpcConfig;
 use crate::error::NodeError;
@@ -156,59 +156,6 @@ pub(crate) enum ReadError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads one frame. The length is checked before the body is allocated; an oversized body is
-/// skipped in bounded chunks so the stream stays usable.
-pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    limit: usize,
-) -> Result<Incoming, ReadError> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut filled = 0;
-    while filled < HEADER_LEN {
-        let n = reader.read(&mut header[filled..]).await?;
-        if n == 0 {
-            return if filled == 0 {
-                Ok(Incoming::End)
-            } else {
-                Err(ReadError::Truncated)
-            };
-        }
-        filled += n;
-    }
-    match wire::parse_header(&header, limit) {
-        Ok(h) => {
-            let mut body = vec![0u8; h.body_len];
-            reader
-                .read_exact(&mut body)
-                .await
-                .map_err(|e| match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof => ReadError::Truncated,
-                    _ => ReadError::Io(e),
-                })?;
-            Ok(Incoming::Frame(h, body))
-        }
-        Err(HeaderError::TooLarge {
-            kind,
-            id,
-            body_len,
-            limit,
-        }) => {
-            let skipped =
-                tokio::io::copy(&mut reader.take(body_len as u64), &mut tokio::io::sink()).await?;
-            if skipped != body_len as u64 {
-                return Err(ReadError::Truncated);
-            }
-            Ok(Incoming::Oversized {
-                kind,
-                id,
-                body_len,
-                limit,
-            })
-        }
-        Err(e) => Err(ReadError::Header(e)),
-    }
-}
-
 /// Frames cut out of a stream's bytes as they arrive, in pieces of any size. The partial frame
 /// (header, part of a body, what is left to skip of an oversized one) lives here, so whoever
 /// reads the next piece carries on where the last reader stopped: the poller of a stream may
@@ -254,6 +201,33 @@ impl FrameBuf {
             self.buf.advance(n);
         }
         std::task::Poll::Ready(Ok(n))
+    }
+
+    /// The next frame from `reader`, reading as much as it takes.
+    pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+    ) -> Result<Incoming, ReadError> {
+        loop {
+            if let Some(frame) = self.next_frame() {
+                return frame;
+            }
+            match std::future::poll_fn(|cx| self.poll_read(cx, reader)).await {
+                Ok(0) => return self.end(),
+                Ok(_) => {}
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+
+    /// Whether a whole frame is buffered, so that the next [`FrameBuf::read_frame`] returns
+    /// without waiting.
+    pub(crate) fn holds_whole_frame(&self) -> bool {
+        self.skipping.is_none()
+            && self
+                .buf
+                .first_chunk::<4>()
+                .is_some_and(|length| self.buf.len() >= 4 + u32::from_be_bytes(*length) as usize)
     }
 
     /// The next whole frame, if the bytes so far hold one. After an error the stream is
