@@ -341,15 +341,18 @@ fn dispatch(
         frame
     };
     let tx = replies.tx.clone();
-    let state = state.clone();
+    // The call's place in the in-flight count moves into the task as it is. Counting it anew
+    // when the task first runs left a gap in which a shutdown could see no call in flight
+    // and finish the stream under the running handlers.
+    std::mem::forget(guard);
+    let counted = Counted(state.clone());
     let conn_for_task = conn.clone();
     // Hold the map lock across spawn and insert, so the task's own removal cannot run first
     // and leave a stale handle behind.
     let mut spawned = conn.spawned.lock().unwrap_or_else(PoisonError::into_inner);
     let task = tokio::spawn(async move {
-        // The guard borrows from the state, so it is re-taken inside the task; the inline one
-        // is released only after, keeping the count above zero throughout.
-        let _guard = state.inflight.enter_unchecked();
+        // Released when the task ends, or when it is aborted, polled or not.
+        let _counted = counted;
         let _slot = slot;
         let frame = call.await;
         conn_for_task
@@ -361,14 +364,14 @@ fn dispatch(
     });
     spawned.insert(id, task.abort_handle());
     drop(spawned);
-    drop(guard);
 }
 
-impl InFlight {
-    /// Counts a call that was already admitted by [`InFlight::enter`] and moves to a task.
-    fn enter_unchecked(&self) -> InFlightGuard<'_> {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        InFlightGuard(self)
+/// An accepted call's place in the in-flight count, owned by the task the call moved to.
+struct Counted(Arc<ServerState>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.inflight.release(1);
     }
 }
 
