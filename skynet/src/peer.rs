@@ -267,23 +267,14 @@ impl ReadSide {
         cx: &mut Context<'_>,
         poller: Option<u64>,
     ) -> Poll<Result<Incoming, ReadError>> {
-        loop {
-            if let Some(frame) = self.frames.next_frame() {
-                return Poll::Ready(frame);
-            }
-            match self.frames.poll_read(cx, &mut self.recv) {
-                Poll::Pending => {
-                    self.last_poller = poller;
-                    if poller.is_none() {
-                        self.reader_waker = Some(cx.waker().clone());
-                    }
-                    return Poll::Pending;
-                }
-                Poll::Ready(Ok(0)) => return Poll::Ready(self.frames.end()),
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadError::Io(e))),
+        let frame = self.frames.poll_frame(cx, &mut self.recv);
+        if frame.is_pending() {
+            self.last_poller = poller;
+            if poller.is_none() {
+                self.reader_waker = Some(cx.waker().clone());
             }
         }
+        frame
     }
 }
 
@@ -359,30 +350,22 @@ impl PeerConn {
         };
         // `shut` marks the connection dead before it drains `pending`; checking after our
         // insert means we either see the mark or our entry is drained.
-        if self.dead.load(Ordering::SeqCst) {
-            self.remove_pending(id);
-            return Err(PeerError::Unreachable("connection closed".to_owned()));
-        }
-        let written = if lone {
-            self.write_directly(&frame)
-        } else {
-            Ok(false)
-        };
-        let sent = match written {
-            Ok(true) => true,
-            Ok(false) => self.mux.send(frame).is_ok(),
-            Err(()) => false,
-        };
+        let sent = !self.dead.load(Ordering::SeqCst)
+            && match lone.then(|| self.write_directly(&frame)) {
+                Some(Ok(true)) => true,
+                Some(Err(())) => false,
+                Some(Ok(false)) | None => self.mux.send(frame).is_ok(),
+            };
         if !sent {
             self.remove_pending(id);
             return Err(PeerError::Unreachable("connection closed".to_owned()));
         }
-        let lost = |_| PeerError::Lost(self.close_description());
         if lone {
             let mut reading = LoneRead { conn: self, id };
             std::future::poll_fn(|cx| reading.poll(cx, &mut rx)).await
         } else {
-            rx.await.map_err(lost)
+            rx.await
+                .map_err(|_| PeerError::Lost(self.close_description()))
         }
     }
 

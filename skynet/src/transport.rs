@@ -182,7 +182,7 @@ impl FrameBuf {
     }
 
     /// Reads what `reader` has into the buffer: `Ok(0)` when the stream has ended.
-    pub(crate) fn poll_read<R: AsyncRead + Unpin>(
+    fn poll_read<R: AsyncRead + Unpin>(
         &mut self,
         cx: &mut std::task::Context<'_>,
         reader: &mut R,
@@ -203,21 +203,31 @@ impl FrameBuf {
         std::task::Poll::Ready(Ok(n))
     }
 
+    /// The next frame from `reader`, reading as much as it takes. `Pending` leaves every
+    /// partial state here, so a later poll, by anyone, carries on.
+    pub(crate) fn poll_frame<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        reader: &mut R,
+    ) -> std::task::Poll<Result<Incoming, ReadError>> {
+        loop {
+            if let Some(frame) = self.next_frame() {
+                return std::task::Poll::Ready(frame);
+            }
+            match std::task::ready!(self.poll_read(cx, reader)) {
+                Ok(0) => return std::task::Poll::Ready(self.end()),
+                Ok(_) => {}
+                Err(e) => return std::task::Poll::Ready(Err(ReadError::Io(e))),
+            }
+        }
+    }
+
     /// The next frame from `reader`, reading as much as it takes.
     pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
     ) -> Result<Incoming, ReadError> {
-        loop {
-            if let Some(frame) = self.next_frame() {
-                return frame;
-            }
-            match std::future::poll_fn(|cx| self.poll_read(cx, reader)).await {
-                Ok(0) => return self.end(),
-                Ok(_) => {}
-                Err(e) => return Err(ReadError::Io(e)),
-            }
-        }
+        std::future::poll_fn(|cx| self.poll_frame(cx, reader)).await
     }
 
     /// Whether a whole frame is buffered, so that the next [`FrameBuf::read_frame`] returns
