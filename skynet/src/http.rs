@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -190,22 +190,4 @@ pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<Full<Byt
         "text/plain; charset=utf-8",
         Bytes::from_static(text.as_bytes()),
     )
-}
-
-/// Why a request body could not be read.
-#[derive(Debug)]
-pub(crate) enum BodyError {
-    /// Longer than the limit.
-    TooLarge,
-    /// The connection failed while the body was being read.
-    Failed(String),
-}
-
-/// Reads a request body of at most `limit` bytes.
-pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
-        Err(e) => Err(BodyError::Failed(e.to_string())),
-    }
 }

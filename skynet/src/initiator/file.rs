@@ -19,8 +19,10 @@ use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt as _;
 
-use super::tcp::parse_request;
-use super::{Failure, Line, RouteCaller, limited_lines};
+use serde_json::value::RawValue;
+
+use super::tcp::{null, prepare};
+use super::{Failure, Line, Refusal, RouteCaller, answer_line, limited_lines};
 
 /// Settings of a file run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +100,7 @@ pub async fn run_file(
         .await
         .map_err(io(output))?;
     let file = tokio::fs::File::open(input).await.map_err(io(input))?;
-    let lines = limited_lines(file, config.max_line);
+    let lines = limited_lines(file, config.max_line, None);
     let mut summary = FileSummary::default();
     let steps = lines
         .enumerate()
@@ -108,8 +110,8 @@ pub async fn run_file(
             async move {
                 match line {
                     _ if skip => Some(Ok(Work::Done)),
-                    Ok(Line::Text(text)) if text.trim().is_empty() => None,
-                    Ok(Line::Text(text)) => Some(Ok(Work::Run(number, text))),
+                    Ok(Line::Text(text, _)) if text.trim().is_empty() => None,
+                    Ok(Line::Text(text, _)) => Some(Ok(Work::Run(number, text))),
                     Ok(Line::Refused(why)) => Some(Ok(Work::Refused(number, why))),
                     Err(e) => Some(Err(e)),
                 }
@@ -118,12 +120,12 @@ pub async fn run_file(
         .map(|work| async move {
             Ok(match work? {
                 Work::Done => None,
-                Work::Run(number, text) => Some(answer(caller, config, number, &text).await),
+                Work::Run(number, text) => Some(answer(caller, config, number, text).await),
                 Work::Refused(number, why) => {
                     let failure = Failure::BadRequest {
-                        message: format!("{why} (at most {} bytes)", config.max_line),
+                        message: why.to_string(),
                     };
-                    Some((error_line(number, &Value::Null, &failure), true))
+                    Some((error_line(number, &null(), &failure), true))
                 }
             })
         })
@@ -153,7 +155,7 @@ enum Work {
     /// Run it: line number and text.
     Run(u64, String),
     /// Answer that it cannot be read (too long, not UTF-8).
-    Refused(u64, &'static str),
+    Refused(u64, Refusal),
 }
 
 /// Runs one request; returns its answer line and whether it failed.
@@ -161,28 +163,20 @@ async fn answer(
     caller: &RouteCaller,
     config: &FileConfig,
     number: u64,
-    text: &str,
+    text: String,
 ) -> (String, bool) {
-    let request = match parse_request(text, config.default_route.as_deref()) {
-        Ok(request) => request,
+    let (id, run) = match prepare(&text, config.default_route.as_deref()) {
+        Ok(prepared) => prepared,
         Err((id, failure)) => return (error_line(number, &id, &failure), true),
     };
-    match caller.run(&request.route, request.input).await {
-        Ok(output) => (
-            serde_json::json!({ "line": number, "id": request.id, "output": output }).to_string(),
-            false,
-        ),
-        Err(failure) => (error_line(number, &request.id, &failure), true),
-    }
+    drop(text);
+    let output = caller.run_prepared(run).await;
+    let failed = output.is_err();
+    (answer_line(Some(number), &id, output.as_ref()), failed)
 }
 
-fn error_line(number: u64, id: &Value, failure: &Failure) -> String {
-    let mut body = failure.to_json();
-    if let Value::Object(map) = &mut body {
-        map.insert("line".to_owned(), Value::from(number));
-        map.insert("id".to_owned(), id.clone());
-    }
-    body.to_string()
+fn error_line(number: u64, id: &RawValue, failure: &Failure) -> String {
+    answer_line(Some(number), id, Err(failure))
 }
 
 /// The input lines the output file already answers. A torn last line (no newline: the

@@ -14,15 +14,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{ALLOW, HeaderValue};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use super::{Failure, RouteCaller};
-use crate::http::{self, BodyError, HttpServer, Limits};
+use super::budget::{OverBudget, Reservation};
+use super::{Failure, MemoryBudget, PreparedRun, RouteCaller};
+use crate::http::{self, HttpServer, Limits};
 
 /// Settings of an HTTP initiator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,9 @@ pub struct HttpConfig {
     pub max_body: usize,
     /// Connections served at once. Default 1,024.
     pub max_connections: usize,
+    /// The memory that request bodies being read and run may hold at once, shared with other
+    /// initiators. Default: the process-wide [`MemoryBudget`].
+    pub budget: MemoryBudget,
 }
 
 impl Default for HttpConfig {
@@ -41,6 +46,7 @@ impl Default for HttpConfig {
             form_route: "hello".to_owned(),
             max_body: 1 << 20,
             max_connections: 1024,
+            budget: MemoryBudget::default(),
         }
     }
 }
@@ -98,18 +104,22 @@ impl HttpInitiator {
 async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
-    match (method, path.as_str()) {
+    let mut response = match (method, path.as_str()) {
         (Method::GET | Method::HEAD, "/") => html(StatusCode::OK, form_page()),
         (Method::GET, "/new") => {
-            let fields = form_fields(request.uri().query().unwrap_or("").as_bytes());
-            run_form(state, fields).await
-        }
-        (Method::POST, "/new") => {
-            match http::read_body(request.into_body(), state.config.max_body).await {
-                Ok(body) => run_form(state, form_fields(&body)).await,
-                Err(e) => body_error_page(&e),
+            let query = request.uri().query().unwrap_or("").as_bytes();
+            match form_fields(query) {
+                Ok(fields) => run_form(state, fields).await,
+                Err(failure) => html(status_of(&failure), error_page(&failure)),
             }
         }
+        (Method::POST, "/new") => match read_body(request.into_body(), &state.config).await {
+            Ok(body) => match form_fields(&body.bytes) {
+                Ok(fields) => run_form(state, fields).await,
+                Err(failure) => html(status_of(&failure), error_page(&failure)),
+            },
+            Err(e) => body_error_page(&e),
+        },
         (Method::POST, path) if path.starts_with("/v1/routes/") => {
             let route = path.trim_start_matches("/v1/routes/").to_owned();
             run_json(state, &route, request.into_body()).await
@@ -117,7 +127,14 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
         (_, "/" | "/new") => not_allowed("GET, POST"),
         (_, path) if path.starts_with("/v1/routes/") => not_allowed("POST"),
         _ => http::plain(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        // Nothing can serve, or the initiator is at its memory budget: both pass soon.
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    response
 }
 
 fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
@@ -128,13 +145,22 @@ fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
+/// Most fields a form may have: the page has one, and each field costs far more held as a
+/// JSON value than it takes on the wire.
+const MAX_FORM_FIELDS: usize = 64;
+
 /// Form fields as a JSON object of strings; a repeated field keeps its last value.
-fn form_fields(encoded: &[u8]) -> Value {
-    Value::Object(
-        form_urlencoded::parse(encoded)
-            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-            .collect(),
-    )
+fn form_fields(encoded: &[u8]) -> Result<Value, Failure> {
+    let mut fields = serde_json::Map::new();
+    for (i, (k, v)) in form_urlencoded::parse(encoded).enumerate() {
+        if i == MAX_FORM_FIELDS {
+            return Err(Failure::BadRequest {
+                message: format!("a form has at most {MAX_FORM_FIELDS} fields"),
+            });
+        }
+        fields.insert(k.into_owned(), Value::String(v.into_owned()));
+    }
+    Ok(Value::Object(fields))
 }
 
 async fn run_form(state: &State, input: Value) -> Response<Full<Bytes>> {
@@ -145,16 +171,28 @@ async fn run_form(state: &State, input: Value) -> Response<Full<Bytes>> {
 }
 
 async fn run_json(state: &State, route: &str, body: Incoming) -> Response<Full<Bytes>> {
-    let failure = match http::read_body(body, state.config.max_body).await {
-        Ok(body) => match serde_json::from_slice::<Value>(&body) {
-            Ok(input) => match state.caller.run(route, input).await {
+    let failure = match read_body(body, &state.config).await {
+        // Checked as JSON but not parsed: the input goes to the router as the text it is.
+        Ok(Body { bytes, held }) => {
+            let run = match serde_json::from_slice::<&RawValue>(&bytes) {
+                Ok(input) => PreparedRun::new(route, input),
+                Err(e) => Err(Failure::BadRequest {
+                    message: format!("the body is not JSON: {e}"),
+                }),
+            };
+            // The router's request is a copy of the body: the body is not needed any more,
+            // but its share of the budget is held until the answer is made.
+            drop(bytes);
+            let outcome = match run {
+                Ok(run) => state.caller.run_prepared(run).await,
+                Err(failure) => Err(failure),
+            };
+            drop(held);
+            match outcome {
                 Ok(output) => return json(StatusCode::OK, &output),
                 Err(failure) => failure,
-            },
-            Err(e) => Failure::BadRequest {
-                message: format!("the body is not JSON: {e}"),
-            },
-        },
+            }
+        }
         Err(BodyError::TooLarge) => {
             let body = serde_json::json!({"error": {
                 "kind": "too_large",
@@ -162,9 +200,65 @@ async fn run_json(state: &State, route: &str, body: Incoming) -> Response<Full<B
             }});
             return json(StatusCode::PAYLOAD_TOO_LARGE, &body);
         }
+        Err(BodyError::OverBudget(e)) => Failure::Overloaded {
+            message: e.to_string(),
+        },
         Err(BodyError::Failed(message)) => Failure::BadRequest { message },
     };
     json(status_of(&failure), &failure.to_json())
+}
+
+/// A request body gathered into one buffer, with its share of the memory budget.
+struct Body {
+    bytes: BytesMut,
+    held: Reservation,
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+enum BodyError {
+    /// Longer than the limit.
+    TooLarge,
+    /// Keeping it would take the memory budget over its limit.
+    OverBudget(OverBudget),
+    /// The connection failed while the body was being read.
+    Failed(String),
+}
+
+/// Reads a request body of at most `config.max_body` bytes, reserving its cost from the
+/// budget before keeping its bytes.
+///
+/// Each frame is copied into one buffer and let go at once: a frame is a slice of the
+/// connection's read buffer, and keeping frames (as `collect` does) keeps every buffer they
+/// point into — a body sent one byte a packet then holds kilobytes for each byte.
+async fn read_body(mut body: Incoming, config: &HttpConfig) -> Result<Body, BodyError> {
+    let limit = config.max_body;
+    let declared = body.size_hint().lower();
+    if declared > limit as u64 {
+        return Err(BodyError::TooLarge);
+    }
+    // Bounded by the limit just checked, so the cast cannot truncate.
+    let declared = declared as usize;
+    let mut held = config.budget.reservation();
+    held.grow(declared).map_err(BodyError::OverBudget)?;
+    let mut reserved = declared;
+    let mut bytes = BytesMut::with_capacity(declared);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Failed(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let len = bytes.len() + data.len();
+        if len > limit {
+            return Err(BodyError::TooLarge);
+        }
+        if len > reserved {
+            held.grow(len - reserved).map_err(BodyError::OverBudget)?;
+            reserved = len;
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(Body { bytes, held })
 }
 
 fn status_of(failure: &Failure) -> StatusCode {
@@ -182,21 +276,24 @@ fn html(status: StatusCode, page: String) -> Response<Full<Bytes>> {
 }
 
 fn body_error_page(e: &BodyError) -> Response<Full<Bytes>> {
-    match e {
-        BodyError::TooLarge => html(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            page(
-                "Too large",
-                "<p class=\"error\">That form is too large.</p>",
-            ),
-        ),
-        BodyError::Failed(message) => html(
-            StatusCode::BAD_REQUEST,
-            error_page(&Failure::BadRequest {
-                message: message.clone(),
-            }),
-        ),
-    }
+    let failure = match e {
+        BodyError::TooLarge => {
+            return html(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                page(
+                    "Too large",
+                    "<p class=\"error\">That form is too large.</p>",
+                ),
+            );
+        }
+        BodyError::OverBudget(e) => Failure::Overloaded {
+            message: e.to_string(),
+        },
+        BodyError::Failed(message) => Failure::BadRequest {
+            message: message.clone(),
+        },
+    };
+    html(status_of(&failure), error_page(&failure))
 }
 
 /// Escapes text for HTML.
@@ -282,10 +379,12 @@ mod tests {
     #[test]
     fn form_fields_become_a_json_object() {
         assert_eq!(
-            form_fields(b"name=World&x=a%20b&name=Again"),
+            form_fields(b"name=World&x=a%20b&name=Again").expect("ok"),
             serde_json::json!({"name": "Again", "x": "a b"})
         );
-        assert_eq!(form_fields(b""), serde_json::json!({}));
+        assert_eq!(form_fields(b"").expect("ok"), serde_json::json!({}));
+        let many = "a=&".repeat(MAX_FORM_FIELDS + 1);
+        assert!(form_fields(many.as_bytes()).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
-use skynet::route::{self, Hop, Route, Router};
+use skynet::route::{self, Hop, Route};
 use skynet::{Node, ServiceDef, ServiceError, StoreConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
@@ -24,12 +24,15 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 const BIN: &str = env!("CARGO_BIN_EXE_skynet");
 
-/// A store member and a worker hosting `greeter.greet` and a router, in this process, with
-/// the route `hello` (one hop, `greeter.greet`, retry allowed).
+/// A store member and a worker hosting `greeter.greet` in this process, a router process, and
+/// the route `hello` (one hop, `greeter.greet`, retry allowed). The router runs apart because
+/// it parses every route's input: under a flood of large inputs it would take this process's
+/// threads from the store and the worker's lease.
 pub struct Cluster {
     credentials: tempfile::TempDir,
     _data: tempfile::TempDir,
     nodes: Vec<Node>,
+    _router: Proc,
 }
 
 impl Cluster {
@@ -49,32 +52,45 @@ impl Cluster {
                 Ok::<_, ServiceError>(json!({ "greeting": format!("Hello {name}") }))
             },
         );
-        let router = Router::new();
         let worker = Node::builder()
             .name("worker")
             .development_credentials(credentials.path())
             .store(StoreConfig::client(vec![store.local_addr()]))
             .service(greeter)
-            .service(router.service())
             .start()
             .await?;
-        router.attach(&worker)?;
         let store_handle = worker.store().context("store")?;
         route::put(
             &store_handle,
             &Route::new("hello", vec![Hop::new("greeter", "greet").retry(true)]),
         )
         .await?;
-        router
-            .table()
-            .context("router table")?
-            .wait_for(WAIT, |t| t.get("hello").is_some())
+        let args = [
+            "--log-level",
+            "warn",
+            "router",
+            "--join",
+            &store.local_addr().to_string(),
+            "--certs",
+            &credentials.path().display().to_string(),
+        ]
+        .map(str::to_owned);
+        let mut router = Proc::spawn("router", &args)?;
+        // The router's ready line says it has read the routes.
+        router.ready = router.line("ready ").await?;
+        worker
+            .registry()
+            .context("registry")?
+            .wait_for(WAIT, |s| {
+                !s.instances("greeter").is_empty() && !s.instances("skynet.router").is_empty()
+            })
             .await
-            .context("the router sees the route")?;
+            .context("the worker and the router registered")?;
         Ok(Self {
             credentials,
             _data: data,
             nodes: vec![store, worker],
+            _router: router,
         })
     }
 
@@ -91,10 +107,16 @@ impl Cluster {
     /// Starts `skynet initiator <kind> --join .. --certs .. --admin 127.0.0.1:0 <extra>` and
     /// waits for its ready line.
     pub async fn initiator(&self, kind: &str, extra: &[&str]) -> anyhow::Result<Proc> {
-        let mut args: Vec<String> = ["--log-level", "warn", "initiator", kind, "--join"]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
+        let mut args: Vec<String> = [
+            "--log-level",
+            "debug,quinn=warn,quinn_proto=warn,openraft=warn",
+            "initiator",
+            kind,
+            "--join",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
         args.push(self.seed().to_string());
         args.push("--certs".to_owned());
         args.push(self.certs().display().to_string());

@@ -167,6 +167,12 @@ pub(crate) struct HttpInitiatorArgs {
     #[arg(long, value_name = "MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub(crate) deadline_ms: u64,
+
+    /// Memory that requests being read and run may hold at once, in MiB; over it, new
+    /// requests are refused (HTTP 503 with Retry-After, an error line on TCP) until some finish.
+    #[arg(long, value_name = "MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub(crate) memory_budget_mib: u64,
 }
 
 /// Flags of `skynet initiator tcp`.
@@ -187,6 +193,12 @@ pub(crate) struct TcpInitiatorArgs {
     #[arg(long, value_name = "MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub(crate) deadline_ms: u64,
+
+    /// Memory that requests being read and run may hold at once, in MiB; over it, new
+    /// requests are refused (HTTP 503 with Retry-After, an error line on TCP) until some finish.
+    #[arg(long, value_name = "MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub(crate) memory_budget_mib: u64,
 }
 
 /// Flags of `skynet initiator file`.

@@ -3,10 +3,10 @@
 use std::io::Write;
 use std::time::Duration;
 
-use skynet::initiator::RouteCaller;
 use skynet::initiator::file::{FileConfig, run_file};
 use skynet::initiator::http::{HttpConfig, HttpInitiator};
 use skynet::initiator::tcp::{TcpConfig, TcpInitiator};
+use skynet::initiator::{MemoryBudget, RouteCaller};
 
 use crate::CliError;
 use crate::cli::InitiatorCommand;
@@ -65,6 +65,7 @@ async fn serve(
         InitiatorCommand::Http(a) => {
             let config = HttpConfig {
                 form_route: a.route.clone(),
+                budget: budget(a.memory_budget_mib),
                 ..HttpConfig::default()
             };
             let http = HttpInitiator::start(caller(a.deadline_ms), a.listen, config)
@@ -78,6 +79,7 @@ async fn serve(
         InitiatorCommand::Tcp(a) => {
             let config = TcpConfig {
                 default_route: a.route.clone(),
+                budget: budget(a.memory_budget_mib),
                 ..TcpConfig::default()
             };
             let tcp = TcpInitiator::start(caller(a.deadline_ms), a.listen, config)
@@ -107,5 +109,16 @@ async fn serve(
             .and_then(|()| out.flush())
             .map_err(CliError::Stdout)
         }
+    }
+}
+
+/// The process's memory budget for requests, from `--memory-budget-mib`.
+fn budget(mib: u64) -> MemoryBudget {
+    match usize::try_from(mib)
+        .ok()
+        .and_then(|m| m.checked_mul(1 << 20))
+    {
+        Some(bytes) => MemoryBudget::new(bytes),
+        None => MemoryBudget::new(usize::MAX),
     }
 }
