@@ -233,7 +233,15 @@ impl Failure {
                 message,
             },
             "deadline" | "timeout" | "deadlineexceeded" => Self::Timeout { route },
-            "badinput" | "badrequest" | "invalidinput" => Self::BadRequest { message },
+            // The route's input does not decode as its first hop's request type: the
+            // decoder's message, with the method that refused it.
+            "badinput" => Self::BadRequest {
+                message: match text("method") {
+                    Some(method) => format!("{service}.{method} cannot take this input: {message}"),
+                    None => message,
+                },
+            },
+            "badrequest" | "invalidinput" => Self::BadRequest { message },
             "hopfailed" | "servicefailed" | "serviceerror" => Self::ServiceFailed {
                 route,
                 service,
@@ -334,6 +342,27 @@ mod tests {
     async fn lines_over_the_limit_are_skipped_and_reading_goes_on() {
         use futures_util::StreamExt as _;
         let input: &[u8] = b"short\r\nwaaaaaaaaaaaaay too long\nok\n\xff\nlast";
+
+        // The router's `bad_input`: the caller's error, with the decoder's message.
+        let f = Failure::from_router(
+            "hello".into(),
+            &serde_json::json!({"kind": "bad_input", "service": "hello", "method": "hello",
+                "message": "cannot decode Json payload: invalid type: integer `5`, expected a string"}),
+        );
+        assert_eq!(f.http_status(), 400);
+        let body = f.to_json();
+        assert_eq!(body["error"]["kind"], "bad_request");
+        assert_eq!(
+            body["error"]["message"],
+            "hello.hello cannot take this input: cannot decode Json payload: invalid type: \
+             integer `5`, expected a string"
+        );
+        // A hop that failed (its own error, or a reply that did not decode) stays a 502.
+        let f = Failure::from_router(
+            "hello".into(),
+            &serde_json::json!({"kind": "hop_failed", "service": "hello", "message": "undecodable response"}),
+        );
+        assert_eq!(f.http_status(), 502);
         let lines: Vec<Line> = limited_lines(input, 8)
             .map(|l| l.expect("reads"))
             .collect()
