@@ -35,7 +35,28 @@ enum Line {
     /// A line within the limit.
     Text(String),
     /// A line over the limit (skipped up to its end), or one that is not UTF-8.
-    Refused(&'static str),
+    Refused(Refusal),
+}
+
+/// Why a line of input was refused. Its `Display` is the error message answered for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Longer than `max` bytes.
+    TooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// Not UTF-8 (within the limit, so the limit is not the reason).
+    NotUtf8,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::TooLong { max } => write!(f, "the line is too long (at most {max} bytes)"),
+            Refusal::NotUtf8 => f.write_str("the line is not UTF-8"),
+        }
+    }
 }
 
 /// The lines of `reader`, each at most `max` bytes; longer lines are skipped to their end and
@@ -82,7 +103,7 @@ where
             }
         }
         let line = if too_long {
-            Line::Refused("the line is too long")
+            Line::Refused(Refusal::TooLong { max })
         } else {
             match String::from_utf8(buf) {
                 Ok(mut text) => {
@@ -91,7 +112,7 @@ where
                     }
                     Line::Text(text)
                 }
-                Err(_) => Line::Refused("the line is not UTF-8"),
+                Err(_) => Line::Refused(Refusal::NotUtf8),
             }
         };
         Some((Ok(line), reader))
@@ -321,6 +342,27 @@ mod tests {
 
         let f = Failure::from_router("x".into(), &serde_json::json!("something odd"));
         assert_eq!(f.http_status(), 502);
+
+        // The router's `bad_input`: the caller's error, with the decoder's message.
+        let f = Failure::from_router(
+            "hello".into(),
+            &serde_json::json!({"kind": "bad_input", "service": "hello", "method": "hello",
+                "message": "cannot decode Json payload: invalid type: integer `5`, expected a string"}),
+        );
+        assert_eq!(f.http_status(), 400);
+        let body = f.to_json();
+        assert_eq!(body["error"]["kind"], "bad_request");
+        assert_eq!(
+            body["error"]["message"],
+            "hello.hello cannot take this input: cannot decode Json payload: invalid type: \
+             integer `5`, expected a string"
+        );
+        // A hop that failed (its own error, or a reply that did not decode) stays a 502.
+        let f = Failure::from_router(
+            "hello".into(),
+            &serde_json::json!({"kind": "hop_failed", "service": "hello", "message": "undecodable response"}),
+        );
+        assert_eq!(f.http_status(), 502);
     }
 
     #[test]
@@ -371,11 +413,20 @@ mod tests {
             lines,
             vec![
                 Line::Text("short".into()),
-                Line::Refused("the line is too long"),
+                Line::Refused(Refusal::TooLong { max: 8 }),
                 Line::Text("ok".into()),
-                Line::Refused("the line is not UTF-8"),
+                Line::Refused(Refusal::NotUtf8),
                 Line::Text("last".into()),
             ]
         );
+    }
+
+    #[test]
+    fn a_refusal_states_the_limit_only_when_it_is_the_reason() {
+        assert_eq!(
+            Refusal::TooLong { max: 1024 }.to_string(),
+            "the line is too long (at most 1024 bytes)"
+        );
+        assert_eq!(Refusal::NotUtf8.to_string(), "the line is not UTF-8");
     }
 }

@@ -121,7 +121,7 @@ pub async fn run_file(
                 Work::Run(number, text) => Some(answer(caller, config, number, &text).await),
                 Work::Refused(number, why) => {
                     let failure = Failure::BadRequest {
-                        message: format!("{why} (at most {} bytes)", config.max_line),
+                        message: why.to_string(),
                     };
                     Some((error_line(number, &Value::Null, &failure), true))
                 }
@@ -153,7 +153,7 @@ enum Work {
     /// Run it: line number and text.
     Run(u64, String),
     /// Answer that it cannot be read (too long, not UTF-8).
-    Refused(u64, &'static str),
+    Refused(u64, super::Refusal),
 }
 
 /// Runs one request; returns its answer line and whether it failed.

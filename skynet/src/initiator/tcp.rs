@@ -121,7 +121,7 @@ async fn serve(stream: TcpStream, state: &(RouteCaller, TcpConfig)) {
                 Ok(Line::Refused(why)) => error_line(
                     &Value::Null,
                     &Failure::BadRequest {
-                        message: format!("{why} (at most {} bytes)", config.max_line),
+                        message: why.to_string(),
                     },
                 ),
                 Err(e) => {
