@@ -24,8 +24,15 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 const BIN: &str = env!("CARGO_BIN_EXE_skynet");
 
+/// The request type of `greeter.strict`: a typed method, which refuses input of another shape.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Named {
+    pub name: String,
+}
+
 /// A store member and a worker hosting `greeter.greet` and a router, in this process, with
-/// the route `hello` (one hop, `greeter.greet`, retry allowed).
+/// the route `hello` (one hop, `greeter.greet`, retry allowed) and the route `strict` (one hop,
+/// `greeter.strict`, whose request type is [`Named`]: `{"name": String}`).
 pub struct Cluster {
     credentials: tempfile::TempDir,
     _data: tempfile::TempDir,
@@ -42,13 +49,14 @@ impl Cluster {
             .store(StoreConfig::bootstrap(data.path().join("store")))
             .start()
             .await?;
-        let greeter = ServiceDef::builder("greeter", "1.0.0").idempotent_method(
-            "greet",
-            |_, req: Value| async move {
+        let greeter = ServiceDef::builder("greeter", "1.0.0")
+            .idempotent_method("greet", |_, req: Value| async move {
                 let name = req.get("name").and_then(Value::as_str).unwrap_or("nobody");
                 Ok::<_, ServiceError>(json!({ "greeting": format!("Hello {name}") }))
-            },
-        );
+            })
+            .idempotent_method("strict", |_, req: Named| async move {
+                Ok::<_, ServiceError>(json!({ "greeting": format!("Hello {}", req.name) }))
+            });
         let router = Router::new();
         let worker = Node::builder()
             .name("worker")
@@ -65,10 +73,17 @@ impl Cluster {
             &Route::new("hello", vec![Hop::new("greeter", "greet").retry(true)]),
         )
         .await?;
+        route::put(
+            &store_handle,
+            &Route::new("strict", vec![Hop::new("greeter", "strict")]),
+        )
+        .await?;
         router
             .table()
             .context("router table")?
-            .wait_for(WAIT, |t| t.get("hello").is_some())
+            .wait_for(WAIT, |t| {
+                t.get("hello").is_some() && t.get("strict").is_some()
+            })
             .await
             .context("the router sees the route")?;
         Ok(Self {
