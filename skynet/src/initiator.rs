@@ -318,7 +318,15 @@ impl Failure {
                 message,
             },
             "deadline" | "timeout" | "deadlineexceeded" => Self::Timeout { route },
-            "badinput" | "badrequest" | "invalidinput" => Self::BadRequest { message },
+            // The route's input does not decode as its first hop's request type: the
+            // decoder's message, with the method that refused it.
+            "badinput" => Self::BadRequest {
+                message: match text("method") {
+                    Some(method) => format!("{service}.{method} cannot take this input: {message}"),
+                    None => message,
+                },
+            },
+            "badrequest" | "invalidinput" => Self::BadRequest { message },
             "hopfailed" | "servicefailed" | "serviceerror" => Self::ServiceFailed {
                 route,
                 service,
@@ -432,6 +440,27 @@ mod tests {
         assert_eq!(f.friendly(), "There is no route named x.");
 
         let f = Failure::from_router("x".into(), &serde_json::json!("something odd"));
+        assert_eq!(f.http_status(), 502);
+
+        // The router's `bad_input`: the caller's error, with the decoder's message.
+        let f = Failure::from_router(
+            "hello".into(),
+            &serde_json::json!({"kind": "bad_input", "service": "hello", "method": "hello",
+                "message": "cannot decode Json payload: invalid type: integer `5`, expected a string"}),
+        );
+        assert_eq!(f.http_status(), 400);
+        let body = f.to_json();
+        assert_eq!(body["error"]["kind"], "bad_request");
+        assert_eq!(
+            body["error"]["message"],
+            "hello.hello cannot take this input: cannot decode Json payload: invalid type: \
+             integer `5`, expected a string"
+        );
+        // A hop that failed (its own error, or a reply that did not decode) stays a 502.
+        let f = Failure::from_router(
+            "hello".into(),
+            &serde_json::json!({"kind": "hop_failed", "service": "hello", "message": "undecodable response"}),
+        );
         assert_eq!(f.http_status(), 502);
     }
 

@@ -120,12 +120,12 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
             },
             Err(e) => body_error_page(&e),
         },
-        (Method::POST, path) if path.starts_with("/v1/routes/") => {
-            let route = path.trim_start_matches("/v1/routes/").to_owned();
-            run_json(state, &route, request.into_body()).await
-        }
+        (Method::POST, path) if path.starts_with(ROUTES_PATH) => match route_in_path(path) {
+            Ok(route) => run_json(state, &route, request.into_body()).await,
+            Err(failure) => json(status_of(&failure), &failure.to_json()),
+        },
         (_, "/" | "/new") => not_allowed("GET, POST"),
-        (_, path) if path.starts_with("/v1/routes/") => not_allowed("POST"),
+        (_, path) if path.starts_with(ROUTES_PATH) => not_allowed("POST"),
         _ => http::plain(StatusCode::NOT_FOUND, "not found\n"),
     };
     if response.status() == StatusCode::SERVICE_UNAVAILABLE {
@@ -135,6 +135,26 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
+}
+
+/// The prefix of the JSON endpoint's paths; the route's name follows it.
+const ROUTES_PATH: &str = "/v1/routes/";
+
+/// The route named by a `/v1/routes/{route}` path: what follows the prefix (taken off once, so
+/// `/v1/routes//v1/routes/hello` names no route rather than `hello`), percent-decoded as
+/// UTF-8 (`hel%6Co` is `hello`; '+' stays '+', as in any path), and held to the rules of
+/// route names, so a name that no route can have is refused here with the rule it breaks.
+fn route_in_path(path: &str) -> Result<String, Failure> {
+    let encoded = path.strip_prefix(ROUTES_PATH).unwrap_or(path);
+    let name = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .map_err(|_| Failure::BadRequest {
+            message: "the route name in the path is not UTF-8 once percent-decoded".to_owned(),
+        })?;
+    crate::route::validate_name(&name).map_err(|e| Failure::BadRequest {
+        message: e.to_string(),
+    })?;
+    Ok(name.into_owned())
 }
 
 fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
@@ -375,6 +395,32 @@ fn error_page(failure: &Failure) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_route_in_the_path_is_decoded_once_and_checked() {
+        let name = |path: &str| route_in_path(path).map_err(|f| (f.http_status(), f.to_string()));
+        assert_eq!(name("/v1/routes/hello"), Ok("hello".to_owned()));
+        assert_eq!(name("/v1/routes/hel%6co"), Ok("hello".to_owned()));
+        assert_eq!(name("/v1/routes/hel%6Co"), Ok("hello".to_owned()));
+        for bad in [
+            // The prefix is taken off once: what is left is not a route name.
+            "/v1/routes//v1/routes/hello",
+            "/v1/routes/v1/routes/hello",
+            "/v1/routes/a%2Fb",
+            "/v1/routes/",
+            // '+' is not a space in a path, and not allowed in a route name either.
+            "/v1/routes/a+b",
+            "/v1/routes/a%20b",
+            "/v1/routes/%ff",
+        ] {
+            let (status, message) = name(bad).expect_err(bad);
+            assert_eq!(status, 400, "{bad}: {message}");
+        }
+        let (_, message) = name("/v1/routes/a%2Fb").expect_err("refused");
+        assert!(message.contains("invalid route name \"a/b\""), "{message}");
+        let (_, message) = name("/v1/routes/%ff").expect_err("refused");
+        assert!(message.contains("not UTF-8"), "{message}");
+    }
 
     #[test]
     fn form_fields_become_a_json_object() {

@@ -24,8 +24,15 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 const BIN: &str = env!("CARGO_BIN_EXE_skynet");
 
-/// A store member and a worker hosting `greeter.greet` in this process, a router process, and
-/// the route `hello` (one hop, `greeter.greet`, retry allowed). The router runs apart because
+/// The request type of `greeter.strict`: a typed method, which refuses input of another shape.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Named {
+    pub name: String,
+}
+
+/// A store member and a worker hosting `greeter.greet` and `greeter.strict` in this process, a
+/// router process, the route `hello` (one hop, `greeter.greet`, retry allowed) and the route
+/// `strict` (one hop, `greeter.strict`, whose request type is [`Named`]). The router runs apart because
 /// it parses every route's input: under a flood of large inputs it would take this process's
 /// threads from the store and the worker's lease.
 pub struct Cluster {
@@ -45,13 +52,14 @@ impl Cluster {
             .store(StoreConfig::bootstrap(data.path().join("store")))
             .start()
             .await?;
-        let greeter = ServiceDef::builder("greeter", "1.0.0").idempotent_method(
-            "greet",
-            |_, req: Value| async move {
+        let greeter = ServiceDef::builder("greeter", "1.0.0")
+            .idempotent_method("greet", |_, req: Value| async move {
                 let name = req.get("name").and_then(Value::as_str).unwrap_or("nobody");
                 Ok::<_, ServiceError>(json!({ "greeting": format!("Hello {name}") }))
-            },
-        );
+            })
+            .idempotent_method("strict", |_, req: Named| async move {
+                Ok::<_, ServiceError>(json!({ "greeting": format!("Hello {}", req.name) }))
+            });
         let worker = Node::builder()
             .name("worker")
             .development_credentials(credentials.path())
@@ -63,6 +71,11 @@ impl Cluster {
         route::put(
             &store_handle,
             &Route::new("hello", vec![Hop::new("greeter", "greet").retry(true)]),
+        )
+        .await?;
+        route::put(
+            &store_handle,
+            &Route::new("strict", vec![Hop::new("greeter", "strict")]),
         )
         .await?;
         let args = [
@@ -107,16 +120,10 @@ impl Cluster {
     /// Starts `skynet initiator <kind> --join .. --certs .. --admin 127.0.0.1:0 <extra>` and
     /// waits for its ready line.
     pub async fn initiator(&self, kind: &str, extra: &[&str]) -> anyhow::Result<Proc> {
-        let mut args: Vec<String> = [
-            "--log-level",
-            "debug,quinn=warn,quinn_proto=warn,openraft=warn",
-            "initiator",
-            kind,
-            "--join",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        let mut args: Vec<String> = ["--log-level", "warn", "initiator", kind, "--join"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
         args.push(self.seed().to_string());
         args.push("--certs".to_owned());
         args.push(self.certs().display().to_string());

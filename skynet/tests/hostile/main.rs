@@ -6,4 +6,5 @@
 //! in the test process, on loopback.
 
 mod common;
+mod input;
 mod memory;

@@ -155,7 +155,7 @@ pub(crate) struct HttpInitiatorArgs {
     pub(crate) listen: SocketAddr,
 
     /// The route the form runs.
-    #[arg(long, default_value = "hello")]
+    #[arg(long, default_value = "hello", value_parser = parse_route_name)]
     pub(crate) route: String,
 
     /// Run routes in this process instead of on router processes (the original's "advanced
@@ -186,7 +186,7 @@ pub(crate) struct TcpInitiatorArgs {
     pub(crate) listen: SocketAddr,
 
     /// The route of requests that name none (otherwise "route" is required).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_route_name)]
     pub(crate) route: Option<String>,
 
     /// Deadline of one request, in milliseconds.
@@ -216,7 +216,7 @@ pub(crate) struct FileInitiatorArgs {
     pub(crate) output: PathBuf,
 
     /// The route of requests that name none (otherwise "route" is required).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_route_name)]
     pub(crate) route: Option<String>,
 
     /// Requests that run at once.
@@ -394,6 +394,14 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A route name, held to the rules every stored route's name follows: a name no route can
+/// have would only fail each request later.
+fn parse_route_name(s: &str) -> Result<String, String> {
+    skynet::route::validate_name(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
 fn parse_voters(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n @ (1 | 3 | 5)) => Ok(n),
@@ -472,6 +480,32 @@ mod tests {
             "--data-dir is required"
         );
         assert!(parse(&["frobnicate"]).is_err());
+
+        // A route name that no route can have is refused by every initiator, with the rule.
+        let initiator = |kind: &'static str, route: &'static str| {
+            let mut args = vec![
+                "initiator",
+                kind,
+                "--join",
+                "127.0.0.1:7000",
+                "--certs",
+                "c",
+            ];
+            if kind == "file" {
+                args.extend_from_slice(&["--input", "in", "--output", "out"]);
+            }
+            args.extend_from_slice(&["--route", route]);
+            parse(&args).map(|_| ())
+        };
+        for kind in ["http", "tcp", "file"] {
+            assert!(initiator(kind, "hello").is_ok(), "{kind}");
+            for bad in ["", "a/b", "sp ace"] {
+                let e = initiator(kind, bad).expect_err(bad).to_string();
+                assert!(e.contains("invalid route name"), "{kind} {bad:?}: {e}");
+            }
+        }
+        let e = initiator("http", "").expect_err("empty").to_string();
+        assert!(e.contains("a route needs a name"), "{e}");
     }
 
     #[test]
