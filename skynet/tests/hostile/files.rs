@@ -4,7 +4,9 @@
 //!
 //! Each test runs a store member as a `skynet node` process, a node in the test process that
 //! hosts the `greeter` service and a router (the route `hello`, one hop `greeter.greet`), and
-//! the file initiator as a real `skynet initiator file` process.
+//! the file initiator as a real `skynet initiator file` process. Unlike `common::Cluster`, the
+//! service here counts its calls and can hold its answers back, and a file run's stderr is
+//! kept, since refusals are read from it.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -19,7 +21,7 @@ use skynet::route::{self, Hop, Route, Router};
 use skynet::{Node, ServiceDef, ServiceError, StoreConfig};
 use tokio::sync::{oneshot, watch};
 
-type TestResult = anyhow::Result<()>;
+use crate::common::TestResult;
 
 const BIN: &str = env!("CARGO_BIN_EXE_skynet");
 /// Upper bound of every wait: generous, since the machine may be busy; never a measurement.
