@@ -204,6 +204,11 @@ pub(crate) struct PreparedRun {
 }
 
 impl PreparedRun {
+    /// The route it runs.
+    pub(crate) fn route(&self) -> &str {
+        &self.route
+    }
+
     fn new(route: &str, input: &RawValue) -> Result<Self, Failure> {
         #[derive(Serialize)]
         struct RunRequest<'a> {

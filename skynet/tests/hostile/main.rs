@@ -6,5 +6,6 @@
 //! in the test process, on loopback.
 
 mod common;
+mod files;
 mod input;
 mod memory;

@@ -112,7 +112,11 @@ pub(crate) enum InitiatorCommand {
     /// Run every request of a JSONL file and append the answers to another, resuming where
     /// an earlier run stopped.
     ///
-    /// Prints `done answered=<n> failed=<n> already_done=<n>` and exits when the file is done.
+    /// Both files are checked before the cluster is joined: they must be regular files, not
+    /// the same file, and an existing output must hold only answers; otherwise the run is
+    /// refused and nothing is written. A last input line without a newline is left for a later
+    /// run. Prints `done answered=<n> failed=<n> already_done=<n> unterminated=<n>` and exits
+    /// when the file is done.
     File(FileInitiatorArgs),
 }
 
@@ -211,7 +215,8 @@ pub(crate) struct FileInitiatorArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) input: PathBuf,
 
-    /// The JSONL file answers are appended to (created if missing).
+    /// The JSONL file answers are appended to (created with the first answer; an existing
+    /// one must hold only answers).
     #[arg(long, value_name = "FILE")]
     pub(crate) output: PathBuf,
 
