@@ -38,9 +38,9 @@ pub const RUN_METHOD: &str = "run";
 /// One line of input, without its newline.
 #[derive(Debug)]
 enum Line {
-    /// A line within the limits, with its share of the memory budget (if any), held until
-    /// the line is answered.
-    Text(String, Option<Reservation>),
+    /// A line within the limits, with its share of the memory budget, held until the line is
+    /// answered.
+    Text(String, Reservation),
     /// A line that is not read: it was skipped up to its end.
     Refused(Refusal),
 }
@@ -64,12 +64,12 @@ enum Refusal {
 
 /// The lines of `reader`, each at most `max` bytes; longer lines are skipped to their end and
 /// reported, and reading goes on after them (unlike `LinesCodec`, whose stream ends at the
-/// first error). With a `budget`, a line's bytes are reserved from it as they arrive, and a
-/// line that does not fit is skipped and reported like one that is too long.
+/// first error). A line's bytes are reserved from `budget` as they arrive, and a line that
+/// does not fit is skipped and reported like one that is too long.
 fn limited_lines<R>(
     reader: R,
     max: usize,
-    budget: Option<MemoryBudget>,
+    budget: MemoryBudget,
 ) -> impl futures_util::Stream<Item = std::io::Result<Line>>
 where
     R: tokio::io::AsyncRead + Unpin,
@@ -80,7 +80,7 @@ where
         let budget = budget.clone();
         async move {
             let mut buf = Vec::new();
-            let mut held = budget.as_ref().map(MemoryBudget::reservation);
+            let mut held = budget.reservation();
             let mut refused = None;
             loop {
                 let chunk = match reader.fill_buf().await {
@@ -101,12 +101,12 @@ where
                 if refused.is_none() {
                     if buf.len() + part.len() > max {
                         refused = Some(Refusal::TooLong { max });
-                    } else if let Some(Err(e)) = held.as_mut().map(|h| h.grow(part.len())) {
+                    } else if let Err(e) = held.grow(part.len()) {
                         refused = Some(Refusal::OverBudget(e));
                     }
                     if refused.is_some() {
                         buf = Vec::new();
-                        held = None;
+                        held = budget.reservation();
                     } else {
                         buf.extend_from_slice(part);
                     }
@@ -485,7 +485,7 @@ mod tests {
     }
 
     /// The lines as text, or the refusal's message.
-    async fn read_lines(input: &[u8], max: usize, budget: Option<MemoryBudget>) -> Vec<String> {
+    async fn read_lines(input: &[u8], max: usize, budget: MemoryBudget) -> Vec<String> {
         use futures_util::StreamExt as _;
         limited_lines(input, max, budget)
             .map(|line| match line.expect("reads") {
@@ -500,7 +500,7 @@ mod tests {
     async fn lines_over_the_limit_are_skipped_and_reading_goes_on() {
         let input: &[u8] = b"short\r\nwaaaaaaaaaaaaay too long\nok\n\xff\nlast";
         assert_eq!(
-            read_lines(input, 8, None).await,
+            read_lines(input, 8, MemoryBudget::new(usize::MAX)).await,
             [
                 "short",
                 "refused: the line is too long (at most 8 bytes)",
@@ -517,7 +517,7 @@ mod tests {
         let budget = MemoryBudget::new(10 * budget::REQUEST_COST);
         let input: &[u8] = b"0123456789ab\nfits\n";
         assert_eq!(
-            read_lines(input, 100, Some(budget.clone())).await,
+            read_lines(input, 100, budget.clone()).await,
             [
                 "refused: the server is busy: requests in flight hold its memory budget of 30 bytes",
                 "fits",
@@ -526,11 +526,7 @@ mod tests {
         assert_eq!(budget.in_use(), 0, "every line's share is given back");
 
         // A line holds its share until it is dropped (answered), so the next one may not fit.
-        let mut lines = Box::pin(limited_lines(
-            &b"123456\n123456\n"[..],
-            100,
-            Some(budget.clone()),
-        ));
+        let mut lines = Box::pin(limited_lines(&b"123456\n123456\n"[..], 100, budget.clone()));
         let first = lines.next().await.expect("a line").expect("reads");
         assert!(matches!(first, Line::Text(..)));
         assert_eq!(budget.in_use(), 6 * budget::REQUEST_COST);

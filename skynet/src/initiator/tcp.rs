@@ -120,7 +120,7 @@ async fn serve(stream: TcpStream, state: &(RouteCaller, TcpConfig)) {
     let (caller, config) = state;
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
-    let answers = limited_lines(read, config.max_line, Some(config.budget.clone()))
+    let answers = limited_lines(read, config.max_line, config.budget.clone())
         // Blank lines are no requests: skipped, as the file initiator skips them, rather than
         // each costing an error answer.
         .filter(|line| {
@@ -130,7 +130,9 @@ async fn serve(stream: TcpStream, state: &(RouteCaller, TcpConfig)) {
         .map(|line| async move {
             match line {
                 // The line's reservation is held until its answer is written.
-                Ok(Line::Text(line, held)) => Some((answer(caller, config, line).await, held)),
+                Ok(Line::Text(line, held)) => {
+                    Some((answer(caller, config, line).await, Some(held)))
+                }
                 Ok(Line::Refused(why)) => {
                     let failure = match why {
                         Refusal::OverBudget(e) => Failure::Overloaded {
