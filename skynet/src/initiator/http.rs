@@ -7,8 +7,9 @@
 //! | `POST /v1/routes/{route}` (JSON body) | runs `route` with the body as input; answers the output as JSON |
 //!
 //! Failures answer with the fitting status (503 when no router or no instance of a service
-//! can serve, 404 for an unknown route, 504 on timeout, 400 for bad input, 413 for a body over
-//! the limit): a readable page for the form, `{"error": {...}}` for JSON.
+//! can serve or when the initiator holds as many requests as its [`MemoryBudget`] allows, with
+//! `Retry-After: 1`; 404 for an unknown route, 504 on timeout, 400 for bad input, 413 for a body
+//! over the limit): a readable page for the form, `{"error": {...}}` for JSON.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

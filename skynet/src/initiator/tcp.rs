@@ -1,12 +1,14 @@
 //! The TCP initiator: newline-delimited JSON in both directions.
 //!
 //! Each request is one line, `{"route": "hello", "input": {"name": "World"}, "id": 7}` (`id`
-//! is optional and echoed back; `route` may be left out when the initiator has a default).
-//! Each answer is one line, in the order of the requests:
-//! `{"id": 7, "output": {...}}` or `{"id": 7, "error": {"kind": ..., "message": ...}}`. Up to
-//! 64 requests of one connection run at once. A line that is not a request gets an error
-//! answer and the connection goes on; a line over the limit is answered with an error and
-//! skipped up to its end.
+//! is optional and echoed back exactly as sent, as JSON text; `route` may be left out when the
+//! initiator has a default; other fields are ignored). Each answer is one line, in the order of
+//! the requests: `{"id": 7, "output": {...}}` or `{"id": 7, "error": {"kind": ..., "message":
+//! ...}}`. Up to 64 requests of one connection run at once. Blank lines are skipped. A line
+//! that is not a request gets an error answer and the connection goes on; a line over the
+//! length limit, or one that would take the process's [`MemoryBudget`] over its limit (kind
+//! `overloaded`, `id` null: it was never read), is answered with an error and skipped up to its
+//! end.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
