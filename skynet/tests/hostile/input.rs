@@ -99,3 +99,45 @@ async fn the_route_in_the_url_is_percent_decoded_once_and_checked() -> TestResul
     cluster.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blank_tcp_lines_cost_nothing_and_ids_come_back_as_sent() -> TestResult {
+    let cluster = Cluster::start().await?;
+    let tcp = cluster.initiator("tcp", &[]).await?;
+    let stream = tokio::net::TcpStream::connect(tcp.addr("tcp")?).await?;
+    let (read, mut write) = stream.into_split();
+    let mut answers = BufReader::new(read).lines();
+
+    // 4 MB of newlines (and a few blank lines with spaces and CRs) draw no answer at all: the
+    // first answer on the connection is the request's that follows them.
+    let mut blanks = vec![b'\n'; 4 << 20];
+    blanks.extend_from_slice(b"  \r\n\t\n\r\n");
+    write.write_all(&blanks).await?;
+    let ids = [
+        "18446744073709551616",
+        "1e2",
+        "-0.0",
+        r#""\u0041""#,
+        r#"[1, {"a" : 2}]"#,
+    ];
+    for id in ids {
+        let line = format!(r#"{{"id":{id},"route":"hello","input":{{"name":"x"}}}}"#);
+        write.write_all(format!("{line}\n").as_bytes()).await?;
+    }
+    for id in ids {
+        let answer = tokio::time::timeout(WAIT, answers.next_line())
+            .await
+            .context("no answer line")??
+            .context("the server closed")?;
+        assert!(
+            answer.starts_with(&format!(r#"{{"id":{id},"output":"#)),
+            "id {id} came back as {answer}"
+        );
+    }
+    drop(write);
+    let rest = tokio::time::timeout(WAIT, answers.next_line()).await??;
+    assert_eq!(rest, None, "nothing more is answered");
+    drop(tcp);
+    cluster.stop().await;
+    Ok(())
+}
