@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -22,7 +21,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 
 use super::{Failure, RouteCaller};
-use crate::http::{self, BodyError, HttpServer, Limits};
+use crate::http::{self, BodyError, HttpServer};
+use crate::listener::ListenerLimits;
 
 /// Settings of an HTTP initiator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +31,11 @@ pub struct HttpConfig {
     pub form_route: String,
     /// Largest request body accepted. Default 1 MiB.
     pub max_body: usize,
-    /// Connections served at once. Default 1,024.
-    pub max_connections: usize,
+    /// Connection slots and the deadlines that keep slow or silent clients from holding
+    /// them. Default [`ListenerLimits::default`]: 1,024 connections, a quarter of them per
+    /// client address; a head within 10 s, a body within 60 s and at 1 KiB/s after 5 s, idle
+    /// at most 60 s, a write stalled at most 30 s, 300 s in all.
+    pub limits: ListenerLimits,
 }
 
 impl Default for HttpConfig {
@@ -40,7 +43,7 @@ impl Default for HttpConfig {
         Self {
             form_route: "hello".to_owned(),
             max_body: 1 << 20,
-            max_connections: 1024,
+            limits: ListenerLimits::default(),
         }
     }
 }
@@ -65,18 +68,22 @@ struct State {
 
 impl HttpInitiator {
     /// Binds `addr` (port 0 picks a free one) and serves until [`HttpInitiator::shutdown`].
+    ///
+    /// Limits that do not validate fail with [`std::io::ErrorKind::InvalidInput`], the
+    /// [`LimitsError`](crate::LimitsError) inside.
     pub async fn start(
         caller: RouteCaller,
         addr: SocketAddr,
         config: HttpConfig,
     ) -> std::io::Result<Self> {
+        config
+            .limits
+            .validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let limits = Limits {
-            connections: config.max_connections,
-            connection_time: Duration::from_secs(300),
-        };
+        let limits = config.limits;
         let state = Arc::new(State { caller, config });
-        let server = HttpServer::serve(listener, limits, move |request| {
+        let server = HttpServer::serve(listener, limits, "http initiator", move |request| {
             let state = state.clone();
             async move { handle(&state, request).await }
         })?;
@@ -105,14 +112,14 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
             run_form(state, fields).await
         }
         (Method::POST, "/new") => {
-            match http::read_body(request.into_body(), state.config.max_body).await {
+            match http::read_request_body(request, state.config.max_body).await {
                 Ok(body) => run_form(state, form_fields(&body)).await,
                 Err(e) => body_error_page(&e),
             }
         }
         (Method::POST, path) if path.starts_with("/v1/routes/") => {
             let route = path.trim_start_matches("/v1/routes/").to_owned();
-            run_json(state, &route, request.into_body()).await
+            run_json(state, &route, request).await
         }
         (_, "/" | "/new") => not_allowed("GET, POST"),
         (_, path) if path.starts_with("/v1/routes/") => not_allowed("POST"),
@@ -144,8 +151,8 @@ async fn run_form(state: &State, input: Value) -> Response<Full<Bytes>> {
     }
 }
 
-async fn run_json(state: &State, route: &str, body: Incoming) -> Response<Full<Bytes>> {
-    let failure = match http::read_body(body, state.config.max_body).await {
+async fn run_json(state: &State, route: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let failure = match http::read_request_body(request, state.config.max_body).await {
         Ok(body) => match serde_json::from_slice::<Value>(&body) {
             Ok(input) => match state.caller.run(route, input).await {
                 Ok(output) => return json(StatusCode::OK, &output),

@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use serde_json::Value;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Failure, Line, RouteCaller, limited_lines};
+use crate::listener::{ListenerLimits, Mode, Slot, Table, accept_connections};
 
 /// Requests of one connection that run at once.
 const IN_FLIGHT_PER_CONNECTION: usize = 64;
@@ -30,8 +32,13 @@ pub struct TcpConfig {
     pub default_route: Option<String>,
     /// Longest request line, in bytes. Default 1 MiB.
     pub max_line: usize,
-    /// Connections served at once. Default 1,024.
-    pub max_connections: usize,
+    /// Connection slots and the deadlines that keep slow or silent clients from holding
+    /// them. A line is the request head here (`head_timeout` runs from its first byte to its
+    /// newline); a connection is idle while it has no line begun and no answer owed, busy
+    /// while answers are owed. The body limits do not apply. Default: 1,024 connections, a
+    /// quarter of them per client address, a line within 30 s (a long line may be 1 MiB),
+    /// idle at most 120 s, a stalled write at most 30 s, an hour in all.
+    pub limits: ListenerLimits,
 }
 
 impl Default for TcpConfig {
@@ -39,7 +46,12 @@ impl Default for TcpConfig {
         Self {
             default_route: None,
             max_line: 1 << 20,
-            max_connections: 1024,
+            limits: ListenerLimits {
+                head_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(120),
+                max_lifetime: Duration::from_secs(3600),
+                ..ListenerLimits::default()
+            },
         }
     }
 }
@@ -54,11 +66,18 @@ pub struct TcpInitiator {
 
 impl TcpInitiator {
     /// Binds `addr` (port 0 picks a free one) and serves until [`TcpInitiator::shutdown`].
+    ///
+    /// Limits that do not validate fail with [`std::io::ErrorKind::InvalidInput`], the
+    /// [`LimitsError`](crate::LimitsError) inside.
     pub async fn start(
         caller: RouteCaller,
         addr: SocketAddr,
         config: TcpConfig,
     ) -> std::io::Result<Self> {
+        config
+            .limits
+            .validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
@@ -94,27 +113,33 @@ async fn accept_loop(
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let connections = state.1.max_connections;
+    let table = Table::new(state.1.limits, Mode::Lines, "tcp initiator");
     let serve = {
         let stop = stop.clone();
-        move |stream: TcpStream| {
+        move |stream: TcpStream, slot: Arc<Slot>| {
             let (state, stop) = (state.clone(), stop.clone());
             async move {
                 tokio::select! {
-                    () = serve(stream, &state) => {}
+                    () = serve(stream, &slot, &state) => {}
                     () = stop.cancelled() => {}
                 }
             }
         }
     };
-    crate::http::accept_connections(listener, connections, stop, tasks, serve).await;
+    accept_connections(listener, table, stop, tasks, serve).await;
 }
 
-async fn serve(stream: TcpStream, state: &(RouteCaller, TcpConfig)) {
+async fn serve(stream: TcpStream, slot: &Arc<Slot>, state: &(RouteCaller, TcpConfig)) {
     let (caller, config) = state;
     let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
+    // Both halves report to the slot: lines read and answers written set its phase, and a
+    // write the client does not take ends the connection after the write timeout.
+    let (read, write) = stream.into_split();
+    let (read, mut write) = (slot.track(read), slot.track(write));
+    // Past its lifetime the connection reads no more lines; the answers of those read are
+    // written (within the drain grace) and then it closes.
     let answers = limited_lines(read, config.max_line)
+        .take_until(slot.drained())
         .map(|line| async move {
             match line {
                 Ok(Line::Text(line)) => answer(caller, config, &line).await,

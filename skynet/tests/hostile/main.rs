@@ -6,3 +6,4 @@
 //! in the test process, on loopback.
 
 mod common;
+mod slots;
