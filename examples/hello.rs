@@ -8,10 +8,13 @@
 //!
 //! The program starts a copy of itself as a second OS process that hosts the `hello` service,
 //! reads the address it prints, calls it by that address through the typed client, and stops
-//! it. Both processes share a development CA under the system temp directory.
+//! it. Both processes share a development CA in a private directory (random name, mode 0700)
+//! that the caller makes under the system temp directory, passes to the service process and
+//! removes at the end.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,10 +23,6 @@ use anyhow::Context as _;
 use skynet::Node;
 use skynet_examples::{HelloRequest, hello};
 
-fn credentials_dir() -> PathBuf {
-    std::env::temp_dir().join("skynet-example-hello")
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -31,17 +30,21 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    if std::env::args().nth(1).as_deref() == Some("serve") {
-        return serve().await;
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some("serve") {
+        let certs = args
+            .next()
+            .context("usage: hello serve <credentials dir>")?;
+        return serve(PathBuf::from(certs)).await;
     }
     call().await
 }
 
 /// The service process: host `hello`, print the address, run until stdin closes.
-async fn serve() -> anyhow::Result<()> {
+async fn serve(certs: PathBuf) -> anyhow::Result<()> {
     let node = Node::builder()
         .name("greeter")
-        .development_credentials(credentials_dir())
+        .development_credentials(certs)
         .service(hello)
         .start()
         .await?;
@@ -54,9 +57,17 @@ async fn serve() -> anyhow::Result<()> {
 
 /// The calling process.
 async fn call() -> anyhow::Result<()> {
+    // A new directory only this user can enter: a fixed name in the shared temp directory
+    // could be made first by someone else, with a CA of their own.
+    let certs = tempfile::Builder::new()
+        .prefix("skynet-example-hello-")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .context("creating the credentials directory")?;
     let exe = std::env::current_exe()?;
     let mut child = Command::new(exe)
         .arg("serve")
+        .arg(certs.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -72,7 +83,7 @@ async fn call() -> anyhow::Result<()> {
 
     let node = Node::builder()
         .name("caller")
-        .development_credentials(credentials_dir())
+        .development_credentials(certs.path())
         .start()
         .await?;
     let client = hello::client(&node)
@@ -117,5 +128,5 @@ async fn call() -> anyhow::Result<()> {
     drop(child.stdin.take());
     let status = child.wait()?;
     println!("service process stopped ({status})");
-    Ok(())
+    certs.close().context("removing the credentials directory")
 }

@@ -7,6 +7,11 @@
 //! what to try, reports what the watcher sees and any child that dies, and on Ctrl-C or SIGTERM
 //! stops every child and removes its temporary directory.
 //!
+//! That directory is made fresh for each run, with a random name and mode 0700 (see
+//! `private_dir`); it holds the cluster's CA and node keys in `certs`, which the supervisor
+//! prints before anything else (`keys: <dir>/certs (private, mode 0700)`), and passes to each
+//! child with `--certs`.
+//!
 //! Each role is one small function built from the library: [`store_role`], [`service_role`],
 //! [`router_role`], [`http_role`] and [`watcher_role`]. A child prints one line,
 //! `ready pid=.. quic=.. admin=.. [http=..]`, once it can do its job, then event lines; its
@@ -14,13 +19,13 @@
 //! or when its stdin closes, so that children never outlive a supervisor that was killed.
 //!
 //! With `SKYNET_CLUSTER_TEST=1` the supervisor takes free ports everywhere and prints
-//! machine-readable lines instead of the table (`process role=.. pid=.. quic=.. admin=..
-//! [http=..]`, `cluster ready dir=..`, `event role=.. <line>`, `exited role=.. pid=..
-//! status=..`, `stopped`).
+//! machine-readable lines instead of the table (`keys dir=.. mode=0700` first, then `process
+//! role=.. pid=.. quic=.. admin=.. [http=..]`, `cluster ready dir=..`, `event role=..
+//! <line>`, `exited role=.. pid=.. status=..`, `stopped`).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -724,16 +729,44 @@ fn signal(pid: u32, signal: &str) {
         .status();
 }
 
+/// Creates the cluster's directory in `parent`: a new directory with a random name, mode 0700,
+/// holding `certs` (the cluster CA and every node key) and `logs`, both 0700 too.
+///
+/// A fresh directory only: an existing one, whoever made it, is never adopted. A predictable
+/// name in a shared temporary directory would let another local user create it first with a
+/// CA of their own, then call and change everything in the cluster.
+fn private_dir(parent: &Path) -> anyhow::Result<tempfile::TempDir> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let private = || std::fs::Permissions::from_mode(0o700);
+    let dir = tempfile::Builder::new()
+        .prefix("skynet-cluster-")
+        .permissions(private())
+        .tempdir_in(parent)
+        .with_context(|| format!("creating a private directory in {}", parent.display()))?;
+    // Exactly 0700 whatever the umask (which can only have narrowed it).
+    std::fs::set_permissions(dir.path(), private())
+        .with_context(|| format!("restricting {}", dir.path().display()))?;
+    for sub in ["certs", "logs"] {
+        let path = dir.path().join(sub);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+    }
+    Ok(dir)
+}
+
 /// The supervisor: starts the cluster, reports on it, stops it on Ctrl-C or SIGTERM.
 async fn supervise() -> anyhow::Result<()> {
     let test_mode = std::env::var_os(TEST_MODE_ENV).is_some_and(|v| v == "1");
-    let dir = std::env::temp_dir().join(format!("skynet-cluster-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("logs"))
-        .with_context(|| format!("creating {}", dir.display()))?;
+    // Removed when dropped, should the supervisor panic; otherwise closed below.
+    let temp = private_dir(&std::env::temp_dir())?;
+    let dir = temp.path().to_owned();
+    let certs = dir.join("certs");
     let (events, mut rx) = mpsc::unbounded_channel();
     let mut supervisor = Supervisor {
         exe: std::env::current_exe().context("finding this program")?,
-        certs: dir.join("certs"),
+        certs: certs.clone(),
         dir: dir.clone(),
         test_mode,
         ports: Ports { fixed: !test_mode },
@@ -741,8 +774,11 @@ async fn supervise() -> anyhow::Result<()> {
         events,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    if !test_mode {
+    if test_mode {
+        println!("keys dir={} mode=0700", certs.display());
+    } else {
         println!("starting the cluster under {} ...", dir.display());
+        println!("keys: {} (private, mode 0700)", certs.display());
     }
     let started = tokio::select! {
         started = supervisor.start_all() => started,
@@ -772,9 +808,58 @@ async fn supervise() -> anyhow::Result<()> {
         println!("stopping ...");
     }
     supervisor.stop_all().await;
-    if let Err(e) = std::fs::remove_dir_all(&dir) {
+    if let Err(e) = temp.close() {
         eprintln!("could not remove {}: {e}", dir.display());
     }
     println!("stopped");
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    #[test]
+    fn private_dir_is_new_and_0700_and_never_an_existing_one() {
+        let parent = tempfile::tempdir().expect("tempdir");
+        // The name the cluster used to take, made first by someone else.
+        let old = parent
+            .path()
+            .join(format!("skynet-cluster-{}", std::process::id()));
+        std::fs::create_dir_all(old.join("certs")).expect("old");
+        std::fs::write(old.join("certs").join("ca.pem"), "theirs").expect("their CA");
+
+        let a = private_dir(parent.path()).expect("a");
+        let b = private_dir(parent.path()).expect("b");
+        for dir in [a.path(), b.path()] {
+            assert_ne!(dir, old);
+            assert_eq!(dir.parent(), Some(parent.path()));
+            assert_eq!(mode(dir), 0o700, "{dir:?}");
+            assert_eq!(mode(&dir.join("certs")), 0o700, "{dir:?}");
+            assert_eq!(mode(&dir.join("logs")), 0o700, "{dir:?}");
+            assert_eq!(
+                std::fs::read_dir(dir.join("certs")).expect("certs").count(),
+                0
+            );
+        }
+        assert_ne!(a.path(), b.path());
+        assert_eq!(
+            std::fs::read_to_string(old.join("certs").join("ca.pem")).expect("theirs"),
+            "theirs"
+        );
+        let (a_path, b_path) = (a.path().to_owned(), b.path().to_owned());
+        a.close().expect("remove a");
+        b.close().expect("remove b");
+        assert!(!a_path.exists() && !b_path.exists());
+    }
 }

@@ -3,6 +3,12 @@
 
 pub mod cluster;
 
+/// Every program built on these examples (the cluster's processes, the hello service) uses
+/// jemalloc, as the `skynet` binary does: freed memory goes back to the system within seconds
+/// after a burst of large requests, where glibc's malloc keeps much of it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use serde::{Deserialize, Serialize};
 use skynet::ServiceError;
 

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -59,6 +60,8 @@ struct Cluster {
     exited: Vec<String>,
     /// The cluster's directory, from the `cluster ready` line.
     dir: PathBuf,
+    /// Where the cluster's keys are, from the `keys` line.
+    keys: PathBuf,
 }
 
 impl Cluster {
@@ -86,6 +89,7 @@ impl Cluster {
             sees: HashMap::new(),
             exited: Vec::new(),
             dir: PathBuf::new(),
+            keys: PathBuf::new(),
         };
         cluster.wait_until(|c| !c.dir.as_os_str().is_empty())?;
         Ok(cluster)
@@ -113,6 +117,9 @@ impl Cluster {
                 let role = f.get("role").cloned().context("role=")?;
                 let pid = f.get("pid").context("pid=")?.parse()?;
                 self.procs.insert(role, Proc { pid, fields: f });
+            }
+            "keys" => {
+                self.keys = f.get("dir").map(PathBuf::from).unwrap_or_default();
             }
             "cluster" => {
                 self.dir = f.get("dir").map(PathBuf::from).unwrap_or_default();
@@ -295,6 +302,12 @@ fn the_original_walkthrough_works_on_the_example_cluster() -> anyhow::Result<()>
         p.addr("admin")?;
     }
     let http = cluster.proc("http-1")?.addr("http")?;
+    // The keys are in the cluster's directory, readable by this user only.
+    assert_eq!(cluster.keys, cluster.dir.join("certs"));
+    for private in [&cluster.dir, &cluster.keys] {
+        let mode = std::fs::metadata(private)?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{private:?}");
+    }
     // Both routers see both services, and the initiator both routers.
     for router in ["router-1", "router-2"] {
         cluster.wait_sees(router, "hello", 2)?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::listener::{ListenerLimits, Mode, Slot, Table, accept_connections};
+use crate::listener::{BodyGuard, ListenerLimits, Mode, Slot, Table, accept_connections};
 
 /// Bytes hyper buffers for one request head; larger heads are refused.
 pub(crate) const MAX_HEAD: usize = 16 << 10;
@@ -79,7 +79,7 @@ impl Drop for HttpServer {
 }
 
 /// The slot of the connection a request came on, in the request's extensions, so that the
-/// handler can say when it reads the body ([`read_request_body`]).
+/// handler can say when it reads the body ([`body_phase`]).
 #[derive(Clone)]
 struct ConnSlot(Arc<Slot>);
 
@@ -168,34 +168,12 @@ pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<Full<Byt
     )
 }
 
-/// Why a request body could not be read.
-#[derive(Debug)]
-pub(crate) enum BodyError {
-    /// Longer than the limit.
-    TooLarge,
-    /// The connection failed while the body was being read.
-    Failed(String),
-}
-
-/// Reads the body of `request`, of at most `limit` bytes, with its connection in the Body
-/// phase meanwhile (so that a body that trickles in is cut off, and one that arrives is not
-/// mistaken for a slow handler).
-pub(crate) async fn read_request_body(
-    request: Request<Incoming>,
-    limit: usize,
-) -> Result<Bytes, BodyError> {
-    let _body = request
+/// Puts the connection of `request` in the Body phase until the returned guard is dropped: a
+/// handler holds it while it reads the body (so that a body that trickles in is cut off, and
+/// one that arrives is not mistaken for a slow handler), and drops it before running anything.
+pub(crate) fn body_phase(request: &Request<Incoming>) -> Option<BodyGuard> {
+    request
         .extensions()
         .get::<ConnSlot>()
-        .map(|ConnSlot(slot)| slot.body());
-    read_body(request.into_body(), limit).await
-}
-
-/// Reads a request body of at most `limit` bytes.
-pub(crate) async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
-        Err(e) => Err(BodyError::Failed(e.to_string())),
-    }
+        .map(|ConnSlot(slot)| slot.body())
 }

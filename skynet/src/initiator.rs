@@ -11,14 +11,20 @@
 //! balanced over the routers in the registry, with the route name and the input value. When
 //! no router or no service can serve, the failure says which and why ([`Failure`]).
 
+mod budget;
 pub mod file;
 pub mod http;
 pub mod tcp;
+
+pub use budget::{DEFAULT_LIMIT as DEFAULT_MEMORY_BUDGET, MemoryBudget};
 
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
+
+use budget::{OverBudget, Reservation};
 
 use crate::error::CallError;
 use crate::node::Node;
@@ -30,71 +36,101 @@ pub const ROUTER_SERVICE: &str = "skynet.router";
 pub const RUN_METHOD: &str = "run";
 
 /// One line of input, without its newline.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Line {
-    /// A line within the limit.
-    Text(String),
-    /// A line over the limit (skipped up to its end), or one that is not UTF-8.
-    Refused(&'static str),
+    /// A line within the limits, with its share of the memory budget (if any), held until
+    /// the line is answered.
+    Text(String, Option<Reservation>),
+    /// A line that is not read: it was skipped up to its end.
+    Refused(Refusal),
+}
+
+/// Why a line was not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Refusal {
+    /// Longer than the limit.
+    #[error("the line is too long (at most {max} bytes)")]
+    TooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// Not UTF-8 text.
+    #[error("the line is not UTF-8")]
+    NotUtf8,
+    /// Keeping it would take the memory budget over its limit.
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
 }
 
 /// The lines of `reader`, each at most `max` bytes; longer lines are skipped to their end and
 /// reported, and reading goes on after them (unlike `LinesCodec`, whose stream ends at the
-/// first error).
+/// first error). With a `budget`, a line's bytes are reserved from it as they arrive, and a
+/// line that does not fit is skipped and reported like one that is too long.
 fn limited_lines<R>(
     reader: R,
     max: usize,
+    budget: Option<MemoryBudget>,
 ) -> impl futures_util::Stream<Item = std::io::Result<Line>>
 where
     R: tokio::io::AsyncRead + Unpin,
 {
     use tokio::io::AsyncBufReadExt as _;
     let reader = tokio::io::BufReader::new(reader);
-    futures_util::stream::unfold(reader, move |mut reader| async move {
-        let mut buf = Vec::new();
-        let mut too_long = false;
-        loop {
-            let chunk = match reader.fill_buf().await {
-                Ok(chunk) => chunk,
-                Err(e) => return Some((Err(e), reader)),
-            };
-            if chunk.is_empty() {
-                // End of input: a last line without a newline still counts.
-                if buf.is_empty() && !too_long {
-                    return None;
-                }
-                break;
-            }
-            let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
-                Some(i) => (&chunk[..i], Some(i + 1)),
-                None => (chunk, None),
-            };
-            if !too_long && buf.len() + part.len() <= max {
-                buf.extend_from_slice(part);
-            } else {
-                too_long = true;
-                buf.clear();
-            }
-            let used = done.unwrap_or(chunk.len());
-            reader.consume(used);
-            if done.is_some() {
-                break;
-            }
-        }
-        let line = if too_long {
-            Line::Refused("the line is too long")
-        } else {
-            match String::from_utf8(buf) {
-                Ok(mut text) => {
-                    if text.ends_with('\r') {
-                        text.pop();
+    futures_util::stream::unfold(reader, move |mut reader| {
+        let budget = budget.clone();
+        async move {
+            let mut buf = Vec::new();
+            let mut held = budget.as_ref().map(MemoryBudget::reservation);
+            let mut refused = None;
+            loop {
+                let chunk = match reader.fill_buf().await {
+                    Ok(chunk) => chunk,
+                    Err(e) => return Some((Err(e), reader)),
+                };
+                if chunk.is_empty() {
+                    // End of input: a last line without a newline still counts.
+                    if buf.is_empty() && refused.is_none() {
+                        return None;
                     }
-                    Line::Text(text)
+                    break;
                 }
-                Err(_) => Line::Refused("the line is not UTF-8"),
+                let (part, done) = match chunk.iter().position(|&b| b == b'\n') {
+                    Some(i) => (&chunk[..i], Some(i + 1)),
+                    None => (chunk, None),
+                };
+                if refused.is_none() {
+                    if buf.len() + part.len() > max {
+                        refused = Some(Refusal::TooLong { max });
+                    } else if let Some(Err(e)) = held.as_mut().map(|h| h.grow(part.len())) {
+                        refused = Some(Refusal::OverBudget(e));
+                    }
+                    if refused.is_some() {
+                        buf = Vec::new();
+                        held = None;
+                    } else {
+                        buf.extend_from_slice(part);
+                    }
+                }
+                let used = done.unwrap_or(chunk.len());
+                reader.consume(used);
+                if done.is_some() {
+                    break;
+                }
             }
-        };
-        Some((Ok(line), reader))
+            let line = match refused {
+                Some(why) => Line::Refused(why),
+                None => match String::from_utf8(buf) {
+                    Ok(mut text) => {
+                        if text.ends_with('\r') {
+                            text.pop();
+                        }
+                        Line::Text(text, held)
+                    }
+                    Err(_) => Line::Refused(Refusal::NotUtf8),
+                },
+            };
+            Some((Ok(line), reader))
+        }
     })
 }
 
@@ -124,15 +160,32 @@ impl RouteCaller {
     /// be retried (an async hop's result is ignored anyway): then a router killed in the middle
     /// of the run costs the caller a delay, not a failure.
     pub async fn run(&self, route: &str, input: Value) -> Result<Value, Failure> {
-        let request = serde_json::json!({ "route": route, "input": input });
+        match serde_json::value::to_raw_value(&input) {
+            Ok(input) => self.run_raw(route, &input).await,
+            Err(e) => Err(Failure::BadRequest {
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Runs `route` with an input that is JSON text already, as [`RouteCaller::run`] does. The
+    /// input is passed on as text, never parsed into a tree of values (which takes many times
+    /// its size): this is how the initiators forward what they receive.
+    pub async fn run_raw(&self, route: &str, input: &RawValue) -> Result<Value, Failure> {
+        self.run_prepared(PreparedRun::new(route, input)?).await
+    }
+
+    /// Runs a run made ready beforehand, so that the caller can let go of the text it came
+    /// from first.
+    async fn run_prepared(&self, run: PreparedRun) -> Result<Value, Failure> {
         let reply = self
             .node
             .client(ROUTER_SERVICE)
             .with_deadline(self.deadline)
-            .with_retry_after_loss(self.may_run_twice(route))
-            .call_json(RUN_METHOD, &request)
+            .with_retry_after_loss(self.may_run_twice(&run.route))
+            .call_json_raw(RUN_METHOD, &run.request)
             .await;
-        reply.map_err(|e| Failure::from_call(route, e))
+        reply.map_err(|e| Failure::from_call(&run.route, e))
     }
 
     fn may_run_twice(&self, route: &str) -> bool {
@@ -140,6 +193,37 @@ impl RouteCaller {
             .as_ref()
             .and_then(|table| table.get(route))
             .is_some_and(|r| r.hops.iter().all(|h| h.retry || h.mode == HopMode::Async))
+    }
+}
+
+/// A route run ready to send: the router's request, `{"route": .., "input": ..}`, made once
+/// from the input's text.
+pub(crate) struct PreparedRun {
+    route: String,
+    request: Box<RawValue>,
+}
+
+impl PreparedRun {
+    /// The route it runs.
+    pub(crate) fn route(&self) -> &str {
+        &self.route
+    }
+
+    fn new(route: &str, input: &RawValue) -> Result<Self, Failure> {
+        #[derive(Serialize)]
+        struct RunRequest<'a> {
+            route: &'a str,
+            input: &'a RawValue,
+        }
+        match serde_json::value::to_raw_value(&RunRequest { route, input }) {
+            Ok(request) => Ok(Self {
+                route: route.to_owned(),
+                request,
+            }),
+            Err(e) => Err(Failure::BadRequest {
+                message: e.to_string(),
+            }),
+        }
     }
 }
 
@@ -192,6 +276,12 @@ pub enum Failure {
         /// What is wrong with it.
         message: String,
     },
+    /// The initiator holds as many requests as its memory budget allows: try again shortly.
+    #[error("{message}")]
+    Overloaded {
+        /// What is at its limit.
+        message: String,
+    },
     /// Anything else: the router or the network failed.
     #[error("route {route} failed: {message}")]
     Internal {
@@ -233,7 +323,15 @@ impl Failure {
                 message,
             },
             "deadline" | "timeout" | "deadlineexceeded" => Self::Timeout { route },
-            "badinput" | "badrequest" | "invalidinput" => Self::BadRequest { message },
+            // The route's input does not decode as its first hop's request type: the
+            // decoder's message, with the method that refused it.
+            "badinput" => Self::BadRequest {
+                message: match text("method") {
+                    Some(method) => format!("{service}.{method} cannot take this input: {message}"),
+                    None => message,
+                },
+            },
+            "badrequest" | "invalidinput" => Self::BadRequest { message },
             "hopfailed" | "servicefailed" | "serviceerror" => Self::ServiceFailed {
                 route,
                 service,
@@ -246,7 +344,7 @@ impl Failure {
     /// The HTTP status that fits.
     pub fn http_status(&self) -> u16 {
         match self {
-            Self::NoRouter { .. } | Self::Unavailable { .. } => 503,
+            Self::NoRouter { .. } | Self::Unavailable { .. } | Self::Overloaded { .. } => 503,
             Self::NoSuchRoute { .. } => 404,
             Self::ServiceFailed { .. } | Self::Internal { .. } => 502,
             Self::Timeout { .. } => 504,
@@ -261,6 +359,9 @@ impl Failure {
                 "No router is running right now, so your request could not be handled. \
                  Please try again in a moment."
                     .to_owned()
+            }
+            Self::Overloaded { .. } => {
+                "The server is busy right now. Please try again in a moment.".to_owned()
             }
             Self::Unavailable { service, .. } => format!(
                 "The {service} service is not available right now: no running instance can \
@@ -280,14 +381,46 @@ impl Failure {
 
     /// The JSON body of an error response: `{"error": {"kind": .., "message": .., ...}}`.
     pub fn to_json(&self) -> Value {
+        serde_json::json!({ "error": self.detail() })
+    }
+
+    /// What goes under `"error"`: `{"kind": .., "message": .., "friendly": .., ...}`.
+    pub(crate) fn detail(&self) -> Value {
         let mut detail = serde_json::to_value(self).unwrap_or(Value::Null);
         if let Value::Object(map) = &mut detail {
             map.entry("message".to_owned())
                 .or_insert_with(|| Value::String(self.to_string()));
             map.insert("friendly".to_owned(), Value::String(self.friendly()));
         }
-        serde_json::json!({ "error": detail })
+        detail
     }
+}
+
+/// One answer of the line-based initiators: `{"line": n, "id": <id>, "output": ..}` or
+/// `{"line": n, "id": <id>, "error": {..}}`, `line` only for the file initiator. The id goes out
+/// as the JSON text that came in.
+fn answer_line(line: Option<u64>, id: &RawValue, outcome: Result<&Value, &Failure>) -> String {
+    #[derive(Serialize)]
+    struct Answer<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        line: Option<u64>,
+        id: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        output: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<Value>,
+    }
+    let (output, error) = match outcome {
+        Ok(output) => (Some(output), None),
+        Err(failure) => (None, Some(failure.detail())),
+    };
+    let answer = Answer {
+        line,
+        id,
+        output,
+        error,
+    };
+    serde_json::to_string(&answer).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -313,6 +446,27 @@ mod tests {
 
         let f = Failure::from_router("x".into(), &serde_json::json!("something odd"));
         assert_eq!(f.http_status(), 502);
+
+        // The router's `bad_input`: the caller's error, with the decoder's message.
+        let f = Failure::from_router(
+            "hello".into(),
+            &serde_json::json!({"kind": "bad_input", "service": "hello", "method": "hello",
+                "message": "cannot decode Json payload: invalid type: integer `5`, expected a string"}),
+        );
+        assert_eq!(f.http_status(), 400);
+        let body = f.to_json();
+        assert_eq!(body["error"]["kind"], "bad_request");
+        assert_eq!(
+            body["error"]["message"],
+            "hello.hello cannot take this input: cannot decode Json payload: invalid type: \
+             integer `5`, expected a string"
+        );
+        // A hop that failed (its own error, or a reply that did not decode) stays a 502.
+        let f = Failure::from_router(
+            "hello".into(),
+            &serde_json::json!({"kind": "hop_failed", "service": "hello", "message": "undecodable response"}),
+        );
+        assert_eq!(f.http_status(), 502);
     }
 
     #[test]
@@ -330,23 +484,59 @@ mod tests {
         assert_eq!(f.http_status(), 504);
     }
 
+    /// The lines as text, or the refusal's message.
+    async fn read_lines(input: &[u8], max: usize, budget: Option<MemoryBudget>) -> Vec<String> {
+        use futures_util::StreamExt as _;
+        limited_lines(input, max, budget)
+            .map(|line| match line.expect("reads") {
+                Line::Text(text, _) => text,
+                Line::Refused(why) => format!("refused: {why}"),
+            })
+            .collect()
+            .await
+    }
+
     #[tokio::test]
     async fn lines_over_the_limit_are_skipped_and_reading_goes_on() {
-        use futures_util::StreamExt as _;
         let input: &[u8] = b"short\r\nwaaaaaaaaaaaaay too long\nok\n\xff\nlast";
-        let lines: Vec<Line> = limited_lines(input, 8)
-            .map(|l| l.expect("reads"))
-            .collect()
-            .await;
         assert_eq!(
-            lines,
-            vec![
-                Line::Text("short".into()),
-                Line::Refused("the line is too long"),
-                Line::Text("ok".into()),
-                Line::Refused("the line is not UTF-8"),
-                Line::Text("last".into()),
+            read_lines(input, 8, None).await,
+            [
+                "short",
+                "refused: the line is too long (at most 8 bytes)",
+                "ok",
+                "refused: the line is not UTF-8",
+                "last",
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_budget_is_skipped_and_its_share_given_back() {
+        use futures_util::StreamExt as _;
+        let budget = MemoryBudget::new(10 * budget::REQUEST_COST);
+        let input: &[u8] = b"0123456789ab\nfits\n";
+        assert_eq!(
+            read_lines(input, 100, Some(budget.clone())).await,
+            [
+                "refused: the server is busy: requests in flight hold its memory budget of 30 bytes",
+                "fits",
+            ]
+        );
+        assert_eq!(budget.in_use(), 0, "every line's share is given back");
+
+        // A line holds its share until it is dropped (answered), so the next one may not fit.
+        let mut lines = Box::pin(limited_lines(
+            &b"123456\n123456\n"[..],
+            100,
+            Some(budget.clone()),
+        ));
+        let first = lines.next().await.expect("a line").expect("reads");
+        assert!(matches!(first, Line::Text(..)));
+        assert_eq!(budget.in_use(), 6 * budget::REQUEST_COST);
+        let second = lines.next().await.expect("a line").expect("reads");
+        assert!(matches!(second, Line::Refused(Refusal::OverBudget(_))));
+        drop(first);
+        assert_eq!(budget.in_use(), 0);
     }
 }

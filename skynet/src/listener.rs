@@ -11,8 +11,9 @@
 //! - **Busy**: a request is being handled or its answer written.
 //!
 //! Phases change as bytes move: [`Tracked`] wraps the socket and sees every read and write
-//! (the first byte read while Idle starts a Head; in line mode a newline ends a line), and the
-//! HTTP server says when a handler starts, reads the body and returns. One sweeper per
+//! (the first byte read while Idle starts a Head; in line mode a newline ends a line); the
+//! HTTP server says when a handler starts, reads the body and returns, and the TCP initiator
+//! when it owes an answer and when it has written one. One sweeper per
 //! listener (a tick in the accept loop, not a task per connection: the table is already there
 //! and one scan of a thousand entries costs microseconds) closes every connection over its
 //! phase's deadline, whose writes have made no progress for too long, or that has outlived its
@@ -178,8 +179,8 @@ impl ListenerLimits {
 pub(crate) enum Mode {
     /// HTTP/1.1 through hyper: the server reports handler start and end, and the body.
     Http,
-    /// Newline-delimited requests, one answer line per request line: phases follow from
-    /// counting newlines both ways.
+    /// Newline-delimited requests: bytes after the last newline read are a line begun (Head);
+    /// the server reports the answers it owes (Busy).
     Lines,
 }
 
@@ -216,9 +217,8 @@ struct State {
     handlers: u32,
     /// Line mode: when the line that has begun but not ended got its first byte.
     partial_line: Option<Instant>,
-    /// Line mode: request lines read, answer lines written.
-    lines_in: u64,
-    lines_out: u64,
+    /// Line mode: answers owed (requests taken, answers not yet written).
+    owed: u64,
 }
 
 impl State {
@@ -230,8 +230,7 @@ impl State {
             write_blocked: None,
             handlers: 0,
             partial_line: None,
-            lines_in: 0,
-            lines_out: 0,
+            owed: 0,
         }
     }
 
@@ -249,7 +248,7 @@ impl State {
         if let Some(first_byte) = self.partial_line {
             self.phase = Phase::Head;
             self.since = first_byte;
-        } else if self.lines_in > self.lines_out {
+        } else if self.owed > 0 {
             self.enter(Phase::Busy, now);
         } else {
             self.enter(Phase::Idle, now);
@@ -357,20 +356,14 @@ impl Slot {
                 Phase::Head | Phase::Busy => {}
             },
             Mode::Lines => {
-                if bytes.is_empty() {
-                    // End of input: a line begun is a request too.
-                    if state.partial_line.take().is_some() {
-                        state.lines_in += 1;
-                    }
-                } else {
-                    let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
-                    state.lines_in += lines;
-                    if bytes.last() != Some(&b'\n') {
-                        if lines > 0 || state.partial_line.is_none() {
-                            state.partial_line = Some(now);
-                        }
-                    } else {
-                        state.partial_line = None;
+                match bytes.iter().rposition(|&b| b == b'\n') {
+                    // End of input: a line begun is over (the reader hands it on as a request).
+                    _ if bytes.is_empty() => state.partial_line = None,
+                    // A newline ends the line begun; bytes after the last one begin the next.
+                    Some(last) if last + 1 == bytes.len() => state.partial_line = None,
+                    Some(_) => state.partial_line = Some(now),
+                    None => {
+                        state.partial_line.get_or_insert(now);
                     }
                 }
                 state.settle_lines(now);
@@ -378,25 +371,27 @@ impl Slot {
         }
     }
 
-    fn wrote<'a>(&self, written: impl Iterator<Item = &'a [u8]>) {
-        let now = Instant::now();
+    /// Lines: a request was taken; its answer is owed until [`Slot::answer_written`].
+    pub(crate) fn answer_owed(&self) {
+        let mut state = self.state();
+        state.owed += 1;
+        state.settle_lines(Instant::now());
+    }
+
+    /// Lines: an owed answer was written.
+    pub(crate) fn answer_written(&self) {
+        let mut state = self.state();
+        state.owed = state.owed.saturating_sub(1);
+        state.settle_lines(Instant::now());
+    }
+
+    fn wrote(&self) {
         let mut state = self.state();
         state.write_blocked = None;
-        match self.mode {
-            // A write with no handler running begins an answer hyper writes on its own (one
-            // it could not hand to a handler, e.g. 400 for a bad head, after which it closes).
-            Mode::Http => {
-                if state.phase == Phase::Idle && state.handlers == 0 {
-                    state.enter(Phase::Busy, now);
-                }
-            }
-            Mode::Lines => {
-                let lines: usize = written
-                    .map(|chunk| chunk.iter().filter(|&&b| b == b'\n').count())
-                    .sum();
-                state.lines_out += lines as u64;
-                state.settle_lines(now);
-            }
+        // A write with no handler running begins an answer hyper writes on its own (one it
+        // could not hand to a handler, e.g. 400 for a bad head, after which it closes).
+        if self.mode == Mode::Http && state.phase == Phase::Idle && state.handlers == 0 {
+            state.enter(Phase::Busy, Instant::now());
         }
     }
 
@@ -472,7 +467,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_write(cx, buf);
         match &polled {
-            Poll::Ready(Ok(n)) => this.slot.wrote(std::iter::once(&buf[..*n])),
+            Poll::Ready(Ok(_)) => this.slot.wrote(),
             Poll::Pending => this.slot.write_pending(),
             Poll::Ready(Err(_)) => {}
         }
@@ -487,14 +482,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         match &polled {
-            Poll::Ready(Ok(n)) => {
-                let mut left = *n;
-                this.slot.wrote(bufs.iter().map(move |buf| {
-                    let part = &buf[..left.min(buf.len())];
-                    left -= part.len();
-                    part
-                }));
-            }
+            Poll::Ready(Ok(_)) => this.slot.wrote(),
             Poll::Pending => this.slot.write_pending(),
             Poll::Ready(Err(_)) => {}
         }
@@ -891,19 +879,30 @@ mod tests {
         assert_eq!(phase(), Phase::Idle);
         slot.read(b"{\"a\":");
         assert_eq!(phase(), Phase::Head);
-        slot.read(b"1}\n{\"b\"");
+        let first_byte = slot.state().since;
+        slot.read(b"1");
+        assert_eq!((phase(), slot.state().since), (Phase::Head, first_byte));
+        // One line ends and the next begins: still a Head, timed from the new line.
+        slot.read(b"}\n{\"b\"");
+        slot.answer_owed();
         assert_eq!(phase(), Phase::Head);
-        assert_eq!(slot.state().lines_in, 1);
         slot.read(b":2}\n");
+        slot.answer_owed();
         assert_eq!(phase(), Phase::Busy);
-        slot.wrote([&b"{\"id\":1}\n{\"id\""[..]].into_iter());
+        slot.wrote();
+        slot.answer_written();
         assert_eq!(phase(), Phase::Busy);
-        slot.wrote([&b":2}\n"[..]].into_iter());
+        slot.answer_written();
         assert_eq!(phase(), Phase::Idle);
-        // A last line without a newline counts at the end of input.
+        // Blank lines owe nothing.
+        slot.read(b"\n\r\n");
+        assert_eq!(phase(), Phase::Idle);
+        // A last line without a newline is over at the end of input.
         slot.read(b"{}");
+        assert_eq!(phase(), Phase::Head);
         slot.read(b"");
-        assert_eq!((phase(), slot.state().lines_in), (Phase::Busy, 3));
+        slot.answer_owed();
+        assert_eq!(phase(), Phase::Busy);
     }
 
     #[tokio::test]
@@ -924,7 +923,7 @@ mod tests {
         slot.flushed();
         assert_eq!(phase(), Phase::Busy, "the handler still runs");
         drop(request);
-        slot.wrote(std::iter::once(&b"HTTP/1.1 200 OK\r\n"[..]));
+        slot.wrote();
         slot.flushed();
         assert_eq!(phase(), Phase::Idle);
     }

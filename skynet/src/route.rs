@@ -232,7 +232,7 @@ impl Route {
     /// is a sync hop's output. An async hop must say `"on_failure": "skip"`: nothing waits for
     /// it, so its failure cannot stop the route, and a route must not claim otherwise.
     pub fn validate(&self) -> Result<(), RouteError> {
-        check_route_name(&self.name)?;
+        validate_name(&self.name)?;
         let route = || self.name.clone();
         if self.hops.is_empty() {
             return Err(RouteError::Empty { route: route() });
@@ -320,7 +320,10 @@ pub fn route_key(name: &str) -> String {
     format!("{ROUTES_PREFIX}{name}")
 }
 
-fn check_route_name(name: &str) -> Result<(), RouteError> {
+/// Checks a route name against the rules of [`Route::name`]: 1 to 128 bytes of ASCII letters,
+/// digits, `-`, `_` and `.`, starting with a letter or digit. For names that come from outside
+/// (a URL path, a command-line flag), so that they are refused with the rule they break.
+pub fn validate_name(name: &str) -> Result<(), RouteError> {
     let bad = |reason| {
         Err(RouteError::BadName {
             name: name.to_owned(),
@@ -455,12 +458,9 @@ pub enum RouteError {
         /// The route.
         route: String,
     },
-    /// A write with a revision found the route changed (or created, or deleted) since.
-    #[error(
-        "route {route:?} changed since revision {expected} (it is now {}); read it again and \
-         reapply the edit",
-        current.map_or_else(|| "deleted".to_owned(), |r| format!("at revision {r}"))
-    )]
+    /// A write with a revision found the route changed (or created, or deleted) since, or
+    /// there is no such route to update.
+    #[error("{}", conflict_message(route, *expected, *current))]
     Conflict {
         /// The route.
         route: String,
@@ -475,6 +475,22 @@ pub enum RouteError {
     /// The config store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The text of [`RouteError::Conflict`]. With no stored route, the store cannot tell whether
+/// it was deleted since the read or never existed, and either way the edit has nothing to
+/// apply to: say that, rather than guess "deleted".
+fn conflict_message(route: &str, expected: Revision, current: Option<Revision>) -> String {
+    match current {
+        Some(now) => format!(
+            "route {route:?} changed since revision {expected} (it is now at revision {now}); \
+             read it again and reapply the edit"
+        ),
+        None => format!(
+            "route {route:?} does not exist, so there is nothing at revision {expected} to \
+             update; to create it, leave out \"revision\" (or give 0)"
+        ),
+    }
 }
 
 /// Validates `route` and writes it. Returns the store revision of the write: a router whose
@@ -515,7 +531,7 @@ pub async fn put(store: &Store, route: &Route) -> Result<Revision, RouteError> {
 
 /// Reads route `name` (linearizably), with its revision; `None` if there is none.
 pub async fn get(store: &Store, name: &str) -> Result<Option<Route>, RouteError> {
-    check_route_name(name)?;
+    validate_name(name)?;
     match store.get(route_key(name)).await? {
         Some(kv) => Route::from_stored(&kv.key, &kv.value, kv.mod_revision).map(Some),
         None => Ok(None),
@@ -542,7 +558,7 @@ pub async fn list(store: &Store) -> Result<Vec<Route>, RouteError> {
 
 /// Deletes route `name`. Fails with [`RouteError::NotFound`] if there is none.
 pub async fn delete(store: &Store, name: &str) -> Result<(), RouteError> {
-    check_route_name(name)?;
+    validate_name(name)?;
     match store.delete(route_key(name)).await? {
         0 => Err(RouteError::NotFound(name.to_owned())),
         _ => Ok(()),
@@ -871,6 +887,40 @@ mod tests {
         let route = Route::from_stored("skynet/routes/hello", &json, 9).expect("matches");
         assert_eq!(route.revision, Some(9));
         assert!(Route::from_stored("skynet/routes/other", &json, 9).is_err());
+    }
+
+    #[test]
+    fn a_conflict_says_whether_the_route_exists() {
+        let changed = RouteError::Conflict {
+            route: "hello".into(),
+            expected: 5,
+            current: Some(9),
+        };
+        assert_eq!(
+            changed.to_string(),
+            "route \"hello\" changed since revision 5 (it is now at revision 9); read it again \
+             and reapply the edit"
+        );
+        // No stored route: it may never have existed, so "deleted" would be a guess.
+        let missing = RouteError::Conflict {
+            route: "ghost".into(),
+            expected: 5,
+            current: None,
+        };
+        let text = missing.to_string();
+        assert!(text.contains("route \"ghost\" does not exist"), "{text}");
+        assert!(!text.contains("deleted"), "{text}");
+    }
+
+    #[test]
+    fn route_names_from_outside_are_checked() {
+        assert_eq!(validate_name("hello"), Ok(()));
+        for bad in ["", "a/b", "/v1/routes/hello", "-x", "sp ace", "é"] {
+            assert!(
+                matches!(validate_name(bad), Err(RouteError::BadName { .. })),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

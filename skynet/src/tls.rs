@@ -14,7 +14,8 @@
 //! // For each node:
 //! let creds: Credentials = ca.issue("router-1")?;
 //! creds.write_to_dir("/etc/skynet", "router-1")?;
-//! // On a developer machine, one call does both, idempotently:
+//! // On a developer machine, one call does both, idempotently, in a directory only you can
+//! // write to:
 //! let creds = Credentials::development("/tmp/skynet-dev", "router-1")?;
 //! # Ok(()) }
 //! ```
@@ -65,6 +66,18 @@ pub enum TlsError {
     /// The node name cannot be used in a certificate or file name.
     #[error("invalid node name {0:?}: use 1-64 ASCII letters, digits, '-', '_' or '.'")]
     NodeName(String),
+    /// A private key file can be read or changed by users other than its owner, so the key may
+    /// be known to someone else (Unix only; development mode only warns).
+    #[error(
+        "{path}: private key file has mode {mode:04o}, open to group or others; \
+         run `chmod 600 {path}`"
+    )]
+    KeyPermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
@@ -79,6 +92,80 @@ fn pem_error(path: &Path, message: impl Into<String>) -> TlsError {
         path: path.to_owned(),
         message: message.into(),
     }
+}
+
+/// What a loader does with a private key file that group or others can access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyCheck {
+    /// Refuse it with [`TlsError::KeyPermissions`]: credentials an operator placed.
+    Refuse,
+    /// Load it and log a warning: development mode, whose files are throwaway.
+    Warn,
+}
+
+/// Reads a private key file, checking its permission bits on the open file (not the path, so a
+/// file swapped in after the check is not read instead).
+fn read_private_key(path: &Path, check: KeyCheck) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read as _;
+    let file = fs::File::open(path).map_err(io_error(path))?;
+    check_key_mode(&file, path, check)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_KEY_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error(path))?;
+    if bytes.len() as u64 > MAX_KEY_FILE {
+        return Err(pem_error(path, "larger than 64 KiB: not a private key"));
+    }
+    Ok(bytes)
+}
+
+/// A PEM private key is a few kilobytes at most; reading stops past this.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
+#[cfg(unix)]
+fn check_key_mode(file: &fs::File, path: &Path, check: KeyCheck) -> Result<(), TlsError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = file
+        .metadata()
+        .map_err(io_error(path))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    match check {
+        KeyCheck::Refuse => Err(TlsError::KeyPermissions {
+            path: path.to_owned(),
+            mode,
+        }),
+        KeyCheck::Warn => {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format_args!("{mode:04o}"),
+                "development private key file is open to group or others; run `chmod 600` on it"
+            );
+            Ok(())
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn check_key_mode(_: &fs::File, _: &Path, _: KeyCheck) -> Result<(), TlsError> {
+    Ok(())
+}
+
+/// Creates `dir` and any missing parents; on Unix the directories it creates are 0700, since
+/// they hold private keys. An existing directory is left as it is.
+fn create_key_dir(dir: &Path) -> Result<(), TlsError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(io_error(dir))
 }
 
 fn check_node_name(name: &str) -> Result<(), TlsError> {
@@ -130,12 +217,20 @@ impl ClusterCa {
     }
 
     /// Loads a CA written by [`ClusterCa::write_to_dir`].
+    ///
+    /// On Unix, a `ca.key` that group or others can access (any of mode `0o077`) is refused
+    /// with [`TlsError::KeyPermissions`]: whoever can read it can sign certificates for the
+    /// whole cluster. Only [`Credentials::development`] loads such a key, with a warning.
     pub fn load_dir(dir: impl AsRef<Path>) -> Result<Self, TlsError> {
-        let dir = dir.as_ref();
+        Self::load_dir_checked(dir.as_ref(), KeyCheck::Refuse)
+    }
+
+    fn load_dir_checked(dir: &Path, check: KeyCheck) -> Result<Self, TlsError> {
         let cert_path = dir.join(CA_CERT_FILE);
         let key_path = dir.join(CA_KEY_FILE);
         let cert_pem = fs::read_to_string(&cert_path).map_err(io_error(&cert_path))?;
-        let key_pem = fs::read_to_string(&key_path).map_err(io_error(&key_path))?;
+        let key_pem = String::from_utf8(read_private_key(&key_path, check)?)
+            .map_err(|_| pem_error(&key_path, "not UTF-8 text"))?;
         let key = KeyPair::from_pem(&key_pem).map_err(|e| pem_error(&key_path, e.to_string()))?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
             .map_err(|e| pem_error(&cert_path, e.to_string()))?;
@@ -146,11 +241,12 @@ impl ClusterCa {
         })
     }
 
-    /// Writes `ca.pem` and `ca.key` (mode 0600) into `dir`, creating it. Existing files are
-    /// never overwritten: that would orphan every certificate the old CA signed.
+    /// Writes `ca.pem` and `ca.key` (mode 0600 on Unix) into `dir`, creating it (mode 0700)
+    /// if missing. Existing files are never overwritten: that would orphan every certificate
+    /// the old CA signed.
     pub fn write_to_dir(&self, dir: impl AsRef<Path>) -> Result<(), TlsError> {
         let dir = dir.as_ref();
-        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        create_key_dir(dir)?;
         // Key first: a reader that finds ca.pem can rely on ca.key being complete.
         write_new(&dir.join(CA_KEY_FILE), self.key_pem.as_bytes())?;
         write_new(&dir.join(CA_CERT_FILE), self.cert_pem.as_bytes())
@@ -181,10 +277,29 @@ impl ClusterCa {
     }
 }
 
-/// Creates `path` with `bytes`, failing if it exists; the file is only visible once complete.
+/// Creates `path` with `bytes` and mode 0600 (on Unix), failing if it exists; the file is only
+/// visible once complete.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = fs::File::create(&tmp).map_err(io_error(&tmp))?;
+    // Unique to this call: the pid separates processes, the counter threads of one process.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
+    // A file of that name is a leftover of a crashed process that had our pid; removing it
+    // (not opening it) means no stale file or link is written through, and the new file is
+    // 0600 from its creation on, so no other user can open it before its mode is set.
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(&tmp)(e)),
+        _ => {}
+    }
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp).map_err(io_error(&tmp))?;
+    // Exactly 0600 whatever the umask.
     restrict_permissions(&file, &tmp)?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
@@ -269,33 +384,49 @@ impl Credentials {
     }
 
     /// Loads `ca.pem`, `<name>.pem` and `<name>.key` from `dir`.
+    ///
+    /// On Unix, a `<name>.key` that group or others can access (any of mode `0o077`) is
+    /// refused with [`TlsError::KeyPermissions`]; `chmod 600` it. Only
+    /// [`Credentials::development`] loads such a key, with a warning.
     pub fn load_dir(dir: impl AsRef<Path>, name: &str) -> Result<Self, TlsError> {
+        Self::load_dir_checked(dir.as_ref(), name, KeyCheck::Refuse)
+    }
+
+    fn load_dir_checked(dir: &Path, name: &str, check: KeyCheck) -> Result<Self, TlsError> {
         check_node_name(name)?;
-        let dir = dir.as_ref();
         let read = |file: String| {
             let path = dir.join(file);
             fs::read(&path).map_err(io_error(&path))
         };
-        Self::from_pem(
-            &read(CA_CERT_FILE.to_owned())?,
-            &read(format!("{name}.pem"))?,
-            &read(format!("{name}.key"))?,
-            dir,
-        )
+        let ca = read(CA_CERT_FILE.to_owned())?;
+        let chain = read(format!("{name}.pem"))?;
+        let key = read_private_key(&dir.join(format!("{name}.key")), check)?;
+        Self::from_pem(&ca, &chain, &key, dir)
     }
 
-    /// Writes `<name>.pem` and `<name>.key` (mode 0600) into `dir`; never overwrites.
+    /// Writes `<name>.pem` and `<name>.key` (mode 0600 on Unix) into `dir`, creating it (mode
+    /// 0700) if missing; never overwrites.
     pub fn write_to_dir(&self, dir: impl AsRef<Path>, name: &str) -> Result<(), TlsError> {
         check_node_name(name)?;
         let dir = dir.as_ref();
-        fs::create_dir_all(dir).map_err(io_error(dir))?;
+        create_key_dir(dir)?;
         write_new(&dir.join(format!("{name}.key")), &self.key_pem)?;
         write_new(&dir.join(format!("{name}.pem")), &self.chain_pem)
     }
 
     /// Development mode: uses the CA in `dir`, creating it on first use, and the node's
     /// certificate there, issuing it on first use. Safe when several processes start at once.
-    /// Keep such a directory to one machine: its CA key signs for the whole cluster.
+    /// Keep such a directory to one machine and one user: its CA key signs for the whole
+    /// cluster.
+    ///
+    /// Files it writes are 0600 and a directory it creates is 0700 (on Unix). An existing
+    /// directory is used as it is, so point it at a directory only you can write to. This is
+    /// the only loader that accepts a private key (`ca.key`, `<name>.key`) that group or
+    /// others can access: it logs a warning instead of failing with
+    /// [`TlsError::KeyPermissions`]. [`NodeBuilder::development_credentials`] and the
+    /// `--certs` flag of the `skynet` command use it.
+    ///
+    /// [`NodeBuilder::development_credentials`]: crate::NodeBuilder::development_credentials
     pub fn development(dir: impl AsRef<Path>, name: &str) -> Result<Self, TlsError> {
         check_node_name(name)?;
         let dir = dir.as_ref();
@@ -308,16 +439,16 @@ impl Credentials {
                 Err(e) => return Err(e),
             }
         }
-        match Self::load_dir(dir, name) {
+        match Self::load_dir_checked(dir, name, KeyCheck::Warn) {
             Ok(creds) => Ok(creds),
             Err(TlsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                let creds = ClusterCa::load_dir(dir)?.issue(name)?;
+                let creds = ClusterCa::load_dir_checked(dir, KeyCheck::Warn)?.issue(name)?;
                 match creds.write_to_dir(dir, name) {
                     Ok(()) => Ok(creds),
                     Err(TlsError::Io { source, .. })
                         if source.kind() == std::io::ErrorKind::AlreadyExists =>
                     {
-                        Self::load_dir(dir, name)
+                        Self::load_dir_checked(dir, name, KeyCheck::Warn)
                     }
                     Err(e) => Err(e),
                 }
@@ -408,6 +539,131 @@ mod tests {
         let a_again = Credentials::development(dir.path(), "a").expect("a again");
         assert_eq!(a.ca, b.ca);
         assert_eq!(a.chain, a_again.chain);
+    }
+
+    #[cfg(unix)]
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::metadata(path).expect("metadata").permissions().mode() & 0o7777
+    }
+
+    #[cfg(unix)]
+    fn chmod(path: &Path, mode: u32) {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    /// A CA and `node-1` written to `dir`.
+    #[cfg(unix)]
+    fn write_cluster(dir: &Path) {
+        let ca = ClusterCa::generate().expect("ca");
+        ca.write_to_dir(dir).expect("write ca");
+        ca.issue("node-1")
+            .and_then(|c| c.write_to_dir(dir, "node-1"))
+            .expect("write node");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn written_keys_are_0600_in_a_0700_directory() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("new").join("certs");
+        write_cluster(&dir);
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&root.path().join("new")), 0o700);
+        assert_eq!(mode(&dir.join("ca.key")), 0o600);
+        assert_eq!(mode(&dir.join("node-1.key")), 0o600);
+
+        let dev = root.path().join("dev");
+        Credentials::development(&dev, "a").expect("development");
+        assert_eq!(mode(&dev), 0o700);
+        assert_eq!(mode(&dev.join("ca.key")), 0o600);
+        assert_eq!(mode(&dev.join("a.key")), 0o600);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_open_to_others_is_refused_outside_development_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_cluster(dir.path());
+        let node_key = dir.path().join("node-1.key");
+        chmod(&node_key, 0o644);
+        match Credentials::load_dir(dir.path(), "node-1") {
+            Err(TlsError::KeyPermissions { path, mode }) => {
+                assert_eq!(path, node_key);
+                assert_eq!(mode, 0o644);
+                let message = TlsError::KeyPermissions { path, mode }.to_string();
+                assert!(message.contains("0644"), "{message}");
+                assert!(message.contains("chmod 600"), "{message}");
+            }
+            other => panic!("expected KeyPermissions, got {other:?}"),
+        }
+        // Group access alone is enough to refuse it, and so is a CA key open to others.
+        chmod(&node_key, 0o640);
+        assert!(matches!(
+            Credentials::load_dir(dir.path(), "node-1"),
+            Err(TlsError::KeyPermissions { mode: 0o640, .. })
+        ));
+        let ca_key = dir.path().join("ca.key");
+        chmod(&ca_key, 0o604);
+        assert!(matches!(
+            ClusterCa::load_dir(dir.path()),
+            Err(TlsError::KeyPermissions { ref path, mode: 0o604 }) if *path == ca_key
+        ));
+        // 0600 (and stricter) loads.
+        chmod(&node_key, 0o600);
+        chmod(&ca_key, 0o400);
+        Credentials::load_dir(dir.path(), "node-1").expect("0600 loads");
+        ClusterCa::load_dir(dir.path()).expect("0400 loads");
+    }
+
+    /// A `tracing` writer that keeps what it is given.
+    #[cfg(unix)]
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    #[cfg(unix)]
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn development_mode_loads_a_key_open_to_others_with_a_warning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Credentials::development(dir.path(), "a").expect("first");
+        let key = dir.path().join("a.key");
+        chmod(&key, 0o644);
+        chmod(&dir.path().join("ca.key"), 0o644);
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let (again, other) = tracing::subscriber::with_default(subscriber, || {
+            (
+                Credentials::development(dir.path(), "a"),
+                // A new name loads the open CA key to issue its certificate.
+                Credentials::development(dir.path(), "b"),
+            )
+        });
+        assert_eq!(again.expect("loads").chain, first.chain);
+        other.expect("issues");
+        let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        assert!(logs.contains("WARN"), "{logs}");
+        assert!(logs.contains(&key.display().to_string()), "{logs}");
+        assert!(
+            logs.contains(&dir.path().join("ca.key").display().to_string()),
+            "{logs}"
+        );
+        assert!(logs.contains("chmod 600"), "{logs}");
     }
 
     #[test]

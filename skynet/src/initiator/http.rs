@@ -13,15 +13,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{ALLOW, HeaderValue};
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use super::{Failure, RouteCaller};
-use crate::http::{self, BodyError, HttpServer};
+use super::budget::{OverBudget, Reservation};
+use super::{Failure, MemoryBudget, PreparedRun, RouteCaller};
+use crate::http::{self, HttpServer};
 use crate::listener::ListenerLimits;
 
 /// Settings of an HTTP initiator.
@@ -36,6 +38,9 @@ pub struct HttpConfig {
     /// client address; a head within 10 s, a body within 60 s and at 1 KiB/s after 5 s, idle
     /// at most 60 s, a write stalled at most 30 s, 300 s in all.
     pub limits: ListenerLimits,
+    /// The memory that request bodies being read and run may hold at once, shared with other
+    /// initiators. Default: the process-wide [`MemoryBudget`].
+    pub budget: MemoryBudget,
 }
 
 impl Default for HttpConfig {
@@ -44,6 +49,7 @@ impl Default for HttpConfig {
             form_route: "hello".to_owned(),
             max_body: 1 << 20,
             limits: ListenerLimits::default(),
+            budget: MemoryBudget::default(),
         }
     }
 }
@@ -105,26 +111,57 @@ impl HttpInitiator {
 async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
-    match (method, path.as_str()) {
+    let mut response = match (method, path.as_str()) {
         (Method::GET | Method::HEAD, "/") => html(StatusCode::OK, form_page()),
         (Method::GET, "/new") => {
-            let fields = form_fields(request.uri().query().unwrap_or("").as_bytes());
-            run_form(state, fields).await
-        }
-        (Method::POST, "/new") => {
-            match http::read_request_body(request, state.config.max_body).await {
-                Ok(body) => run_form(state, form_fields(&body)).await,
-                Err(e) => body_error_page(&e),
+            let query = request.uri().query().unwrap_or("").as_bytes();
+            match form_fields(query) {
+                Ok(fields) => run_form(state, fields).await,
+                Err(failure) => html(status_of(&failure), error_page(&failure)),
             }
         }
-        (Method::POST, path) if path.starts_with("/v1/routes/") => {
-            let route = path.trim_start_matches("/v1/routes/").to_owned();
-            run_json(state, &route, request).await
-        }
+        (Method::POST, "/new") => match read_body_phased(request, &state.config).await {
+            Ok(body) => match form_fields(&body.bytes) {
+                Ok(fields) => run_form(state, fields).await,
+                Err(failure) => html(status_of(&failure), error_page(&failure)),
+            },
+            Err(e) => body_error_page(&e),
+        },
+        (Method::POST, path) if path.starts_with(ROUTES_PATH) => match route_in_path(path) {
+            Ok(route) => run_json(state, &route, request).await,
+            Err(failure) => json(status_of(&failure), &failure.to_json()),
+        },
         (_, "/" | "/new") => not_allowed("GET, POST"),
-        (_, path) if path.starts_with("/v1/routes/") => not_allowed("POST"),
+        (_, path) if path.starts_with(ROUTES_PATH) => not_allowed("POST"),
         _ => http::plain(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        // Nothing can serve, or the initiator is at its memory budget: both pass soon.
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
+    response
+}
+
+/// The prefix of the JSON endpoint's paths; the route's name follows it.
+const ROUTES_PATH: &str = "/v1/routes/";
+
+/// The route named by a `/v1/routes/{route}` path: what follows the prefix (taken off once, so
+/// `/v1/routes//v1/routes/hello` names no route rather than `hello`), percent-decoded as
+/// UTF-8 (`hel%6Co` is `hello`; '+' stays '+', as in any path), and held to the rules of
+/// route names, so a name that no route can have is refused here with the rule it breaks.
+fn route_in_path(path: &str) -> Result<String, Failure> {
+    let encoded = path.strip_prefix(ROUTES_PATH).unwrap_or(path);
+    let name = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .map_err(|_| Failure::BadRequest {
+            message: "the route name in the path is not UTF-8 once percent-decoded".to_owned(),
+        })?;
+    crate::route::validate_name(&name).map_err(|e| Failure::BadRequest {
+        message: e.to_string(),
+    })?;
+    Ok(name.into_owned())
 }
 
 fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
@@ -135,13 +172,22 @@ fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
     response
 }
 
+/// Most fields a form may have: the page has one, and each field costs far more held as a
+/// JSON value than it takes on the wire.
+const MAX_FORM_FIELDS: usize = 64;
+
 /// Form fields as a JSON object of strings; a repeated field keeps its last value.
-fn form_fields(encoded: &[u8]) -> Value {
-    Value::Object(
-        form_urlencoded::parse(encoded)
-            .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-            .collect(),
-    )
+fn form_fields(encoded: &[u8]) -> Result<Value, Failure> {
+    let mut fields = serde_json::Map::new();
+    for (i, (k, v)) in form_urlencoded::parse(encoded).enumerate() {
+        if i == MAX_FORM_FIELDS {
+            return Err(Failure::BadRequest {
+                message: format!("a form has at most {MAX_FORM_FIELDS} fields"),
+            });
+        }
+        fields.insert(k.into_owned(), Value::String(v.into_owned()));
+    }
+    Ok(Value::Object(fields))
 }
 
 async fn run_form(state: &State, input: Value) -> Response<Full<Bytes>> {
@@ -152,16 +198,28 @@ async fn run_form(state: &State, input: Value) -> Response<Full<Bytes>> {
 }
 
 async fn run_json(state: &State, route: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
-    let failure = match http::read_request_body(request, state.config.max_body).await {
-        Ok(body) => match serde_json::from_slice::<Value>(&body) {
-            Ok(input) => match state.caller.run(route, input).await {
+    let failure = match read_body_phased(request, &state.config).await {
+        // Checked as JSON but not parsed: the input goes to the router as the text it is.
+        Ok(Body { bytes, held }) => {
+            let run = match serde_json::from_slice::<&RawValue>(&bytes) {
+                Ok(input) => PreparedRun::new(route, input),
+                Err(e) => Err(Failure::BadRequest {
+                    message: format!("the body is not JSON: {e}"),
+                }),
+            };
+            // The router's request is a copy of the body: the body is not needed any more,
+            // but its share of the budget is held until the answer is made.
+            drop(bytes);
+            let outcome = match run {
+                Ok(run) => state.caller.run_prepared(run).await,
+                Err(failure) => Err(failure),
+            };
+            drop(held);
+            match outcome {
                 Ok(output) => return json(StatusCode::OK, &output),
                 Err(failure) => failure,
-            },
-            Err(e) => Failure::BadRequest {
-                message: format!("the body is not JSON: {e}"),
-            },
-        },
+            }
+        }
         Err(BodyError::TooLarge) => {
             let body = serde_json::json!({"error": {
                 "kind": "too_large",
@@ -169,9 +227,74 @@ async fn run_json(state: &State, route: &str, request: Request<Incoming>) -> Res
             }});
             return json(StatusCode::PAYLOAD_TOO_LARGE, &body);
         }
+        Err(BodyError::OverBudget(e)) => Failure::Overloaded {
+            message: e.to_string(),
+        },
         Err(BodyError::Failed(message)) => Failure::BadRequest { message },
     };
     json(status_of(&failure), &failure.to_json())
+}
+
+/// A request body gathered into one buffer, with its share of the memory budget.
+struct Body {
+    bytes: BytesMut,
+    held: Reservation,
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+enum BodyError {
+    /// Longer than the limit.
+    TooLarge,
+    /// Keeping it would take the memory budget over its limit.
+    OverBudget(OverBudget),
+    /// The connection failed while the body was being read.
+    Failed(String),
+}
+
+/// [`read_body`] of `request`, with its connection in the Body phase meanwhile.
+async fn read_body_phased(
+    request: Request<Incoming>,
+    config: &HttpConfig,
+) -> Result<Body, BodyError> {
+    let _phase = http::body_phase(&request);
+    read_body(request.into_body(), config).await
+}
+
+/// Reads a request body of at most `config.max_body` bytes, reserving its cost from the
+/// budget before keeping its bytes.
+///
+/// Each frame is copied into one buffer and let go at once: a frame is a slice of the
+/// connection's read buffer, and keeping frames (as `collect` does) keeps every buffer they
+/// point into — a body sent one byte a packet then holds kilobytes for each byte.
+async fn read_body(mut body: Incoming, config: &HttpConfig) -> Result<Body, BodyError> {
+    let limit = config.max_body;
+    let declared = body.size_hint().lower();
+    if declared > limit as u64 {
+        return Err(BodyError::TooLarge);
+    }
+    // Bounded by the limit just checked, so the cast cannot truncate.
+    let declared = declared as usize;
+    let mut held = config.budget.reservation();
+    held.grow(declared).map_err(BodyError::OverBudget)?;
+    let mut reserved = declared;
+    let mut bytes = BytesMut::with_capacity(declared);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| BodyError::Failed(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let len = bytes.len() + data.len();
+        if len > limit {
+            return Err(BodyError::TooLarge);
+        }
+        if len > reserved {
+            held.grow(len - reserved).map_err(BodyError::OverBudget)?;
+            reserved = len;
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(Body { bytes, held })
 }
 
 fn status_of(failure: &Failure) -> StatusCode {
@@ -189,21 +312,24 @@ fn html(status: StatusCode, page: String) -> Response<Full<Bytes>> {
 }
 
 fn body_error_page(e: &BodyError) -> Response<Full<Bytes>> {
-    match e {
-        BodyError::TooLarge => html(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            page(
-                "Too large",
-                "<p class=\"error\">That form is too large.</p>",
-            ),
-        ),
-        BodyError::Failed(message) => html(
-            StatusCode::BAD_REQUEST,
-            error_page(&Failure::BadRequest {
-                message: message.clone(),
-            }),
-        ),
-    }
+    let failure = match e {
+        BodyError::TooLarge => {
+            return html(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                page(
+                    "Too large",
+                    "<p class=\"error\">That form is too large.</p>",
+                ),
+            );
+        }
+        BodyError::OverBudget(e) => Failure::Overloaded {
+            message: e.to_string(),
+        },
+        BodyError::Failed(message) => Failure::BadRequest {
+            message: message.clone(),
+        },
+    };
+    html(status_of(&failure), error_page(&failure))
 }
 
 /// Escapes text for HTML.
@@ -287,12 +413,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_route_in_the_path_is_decoded_once_and_checked() {
+        let name = |path: &str| route_in_path(path).map_err(|f| (f.http_status(), f.to_string()));
+        assert_eq!(name("/v1/routes/hello"), Ok("hello".to_owned()));
+        assert_eq!(name("/v1/routes/hel%6co"), Ok("hello".to_owned()));
+        assert_eq!(name("/v1/routes/hel%6Co"), Ok("hello".to_owned()));
+        for bad in [
+            // The prefix is taken off once: what is left is not a route name.
+            "/v1/routes//v1/routes/hello",
+            "/v1/routes/v1/routes/hello",
+            "/v1/routes/a%2Fb",
+            "/v1/routes/",
+            // '+' is not a space in a path, and not allowed in a route name either.
+            "/v1/routes/a+b",
+            "/v1/routes/a%20b",
+            "/v1/routes/%ff",
+        ] {
+            let (status, message) = name(bad).expect_err(bad);
+            assert_eq!(status, 400, "{bad}: {message}");
+        }
+        let (_, message) = name("/v1/routes/a%2Fb").expect_err("refused");
+        assert!(message.contains("invalid route name \"a/b\""), "{message}");
+        let (_, message) = name("/v1/routes/%ff").expect_err("refused");
+        assert!(message.contains("not UTF-8"), "{message}");
+    }
+
+    #[test]
     fn form_fields_become_a_json_object() {
         assert_eq!(
-            form_fields(b"name=World&x=a%20b&name=Again"),
+            form_fields(b"name=World&x=a%20b&name=Again").expect("ok"),
             serde_json::json!({"name": "Again", "x": "a b"})
         );
-        assert_eq!(form_fields(b""), serde_json::json!({}));
+        assert_eq!(form_fields(b"").expect("ok"), serde_json::json!({}));
+        let many = "a=&".repeat(MAX_FORM_FIELDS + 1);
+        assert!(form_fields(many.as_bytes()).is_err());
     }
 
     #[test]

@@ -13,13 +13,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Failure, Line, RouteCaller, limited_lines};
+use super::{
+    Failure, Line, MemoryBudget, PreparedRun, Refusal, RouteCaller, answer_line, limited_lines,
+};
 use crate::listener::{ListenerLimits, Mode, Slot, Table, accept_connections};
 
 /// Requests of one connection that run at once.
@@ -39,6 +41,9 @@ pub struct TcpConfig {
     /// quarter of them per client address, a line within 30 s (a long line may be 1 MiB),
     /// idle at most 120 s, a stalled write at most 30 s, an hour in all.
     pub limits: ListenerLimits,
+    /// The memory that request lines being read and run may hold at once, shared with other
+    /// initiators. Default: the process-wide [`MemoryBudget`].
+    pub budget: MemoryBudget,
 }
 
 impl Default for TcpConfig {
@@ -52,6 +57,7 @@ impl Default for TcpConfig {
                 max_lifetime: Duration::from_secs(3600),
                 ..ListenerLimits::default()
             },
+            budget: MemoryBudget::default(),
         }
     }
 }
@@ -132,144 +138,194 @@ async fn accept_loop(
 async fn serve(stream: TcpStream, slot: &Arc<Slot>, state: &(RouteCaller, TcpConfig)) {
     let (caller, config) = state;
     let _ = stream.set_nodelay(true);
-    // Both halves report to the slot: lines read and answers written set its phase, and a
+    // Both halves report to the slot: the bytes read say whether a line has begun, and a
     // write the client does not take ends the connection after the write timeout.
     let (read, write) = stream.into_split();
     let (read, mut write) = (slot.track(read), slot.track(write));
     // Past its lifetime the connection reads no more lines; the answers of those read are
     // written (within the drain grace) and then it closes.
-    let answers = limited_lines(read, config.max_line)
+    let answers = limited_lines(read, config.max_line, Some(config.budget.clone()))
         .take_until(slot.drained())
-        .map(|line| async move {
-            match line {
-                Ok(Line::Text(line)) => answer(caller, config, &line).await,
-                Ok(Line::Refused(why)) => error_line(
-                    &Value::Null,
-                    &Failure::BadRequest {
-                        message: format!("{why} (at most {} bytes)", config.max_line),
-                    },
-                ),
-                Err(e) => {
-                    tracing::debug!(error = %e, "TCP initiator connection failed");
-                    String::new()
+        // Blank lines are no requests: skipped, as the file initiator skips them, rather than
+        // each costing an error answer.
+        .filter(|line| {
+            let blank = matches!(line, Ok(Line::Text(text, _)) if text.trim().is_empty());
+            std::future::ready(!blank)
+        })
+        .map(|line| {
+            // An answer is owed from here until it is written: the connection is busy.
+            slot.answer_owed();
+            async move {
+                match line {
+                    // The line's reservation is held until its answer is written.
+                    Ok(Line::Text(line, held)) => Some((answer(caller, config, line).await, held)),
+                    Ok(Line::Refused(why)) => {
+                        let failure = match why {
+                            Refusal::OverBudget(e) => Failure::Overloaded {
+                                message: e.to_string(),
+                            },
+                            other => Failure::BadRequest {
+                                message: other.to_string(),
+                            },
+                        };
+                        Some((error_line(&null(), &failure), None))
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TCP initiator connection failed");
+                        None
+                    }
                 }
             }
         })
         .buffered(IN_FLIGHT_PER_CONNECTION);
     tokio::pin!(answers);
-    while let Some(mut out) = answers.next().await {
-        if out.is_empty() {
-            return;
-        }
+    while let Some(Some((mut out, held))) = answers.next().await {
         out.push('\n');
         if write.write_all(out.as_bytes()).await.is_err() {
             return;
         }
+        slot.answer_written();
+        drop(held);
     }
 }
 
 /// Answers one request line (without its newline).
-async fn answer(caller: &RouteCaller, config: &TcpConfig, line: &str) -> String {
-    let request = match parse_request(line, config.default_route.as_deref()) {
-        Ok(request) => request,
+async fn answer(caller: &RouteCaller, config: &TcpConfig, line: String) -> String {
+    let (id, run) = match prepare(&line, config.default_route.as_deref()) {
+        Ok(prepared) => prepared,
         Err((id, failure)) => return error_line(&id, &failure),
     };
-    match caller.run(&request.route, request.input).await {
-        Ok(output) => serde_json::json!({ "id": request.id, "output": output }).to_string(),
-        Err(failure) => error_line(&request.id, &failure),
+    // The router's request is a copy of the input: the line itself is not needed any more.
+    drop(line);
+    let output = caller.run_prepared(run).await;
+    answer_line(None, &id, output.as_ref())
+}
+
+/// The id of a request line and its run, or the id (if readable) and why there is none.
+pub(crate) fn prepare(
+    line: &str,
+    default_route: Option<&str>,
+) -> Result<(Box<RawValue>, PreparedRun), (Box<RawValue>, Failure)> {
+    let request = parse_request(line, default_route)?;
+    let id = request.id.to_owned();
+    match PreparedRun::new(&request.route, request.input) {
+        Ok(run) => Ok((id, run)),
+        Err(failure) => Err((id, failure)),
     }
 }
 
-/// One parsed request line.
-#[derive(Debug, PartialEq)]
-pub(crate) struct LineRequest {
-    pub(crate) id: Value,
+/// One parsed request line, borrowed from it: the id and the input are the JSON text that
+/// came. The id is echoed exactly as sent (`1e2` stays `1e2`, a 20-digit number keeps its
+/// digits), and the input goes to the router as text, never as a tree of values many times
+/// its size.
+#[derive(Debug)]
+pub(crate) struct LineRequest<'a> {
+    pub(crate) id: &'a RawValue,
     pub(crate) route: String,
-    pub(crate) input: Value,
+    pub(crate) input: &'a RawValue,
 }
 
-/// Parses `{"route": .., "input": .., "id": ..}`; on failure returns the id (if readable) and
-/// why.
-pub(crate) fn parse_request(
-    line: &str,
+/// The JSON `null`, for a request without an id or whose id cannot be read.
+pub(crate) fn null() -> Box<RawValue> {
+    RawValue::NULL.to_owned()
+}
+
+/// Parses `{"route": .., "input": .., "id": ..}` (other fields are ignored); on failure returns
+/// the id (if readable) and why.
+pub(crate) fn parse_request<'a>(
+    line: &'a str,
     default_route: Option<&str>,
-) -> Result<LineRequest, (Value, Failure)> {
-    let value: Value = serde_json::from_str(line).map_err(|e| {
-        (
-            Value::Null,
-            Failure::BadRequest {
-                message: format!("not JSON: {e}"),
-            },
-        )
+) -> Result<LineRequest<'a>, (Box<RawValue>, Failure)> {
+    /// The fields, borrowed from the line: nothing is parsed beyond finding where they are.
+    #[derive(serde::Deserialize)]
+    struct Fields<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+        #[serde(borrow)]
+        route: Option<&'a RawValue>,
+        #[serde(borrow)]
+        input: Option<&'a RawValue>,
+    }
+    let bad = |id: Box<RawValue>, message: String| (id, Failure::BadRequest { message });
+    let fields: Fields<'_> = serde_json::from_str(line).map_err(|e| {
+        let message = match e.classify() {
+            serde_json::error::Category::Data => {
+                format!("a request is a JSON object with \"route\", \"input\" and \"id\": {e}")
+            }
+            _ => format!("not JSON: {e}"),
+        };
+        bad(null(), message)
     })?;
-    let Value::Object(mut map) = value else {
-        return Err((
-            Value::Null,
-            Failure::BadRequest {
-                message: "a request is a JSON object".into(),
-            },
-        ));
-    };
-    let id = map.remove("id").unwrap_or(Value::Null);
-    let route = match (map.remove("route"), default_route) {
-        (Some(Value::String(route)), _) => route,
+    let id = fields.id.unwrap_or(RawValue::NULL);
+    let route = match (fields.route, default_route) {
+        (Some(route), _) => match serde_json::from_str::<String>(route.get()) {
+            Ok(route) => route,
+            Err(_) => return Err(bad(id.to_owned(), "\"route\" must be a string".into())),
+        },
         (None, Some(default)) => default.to_owned(),
-        (Some(_), _) => {
-            return Err((
-                id,
-                Failure::BadRequest {
-                    message: "\"route\" must be a string".into(),
-                },
-            ));
-        }
         (None, None) => {
-            return Err((
-                id,
-                Failure::BadRequest {
-                    message: "the request names no \"route\"".into(),
-                },
-            ));
+            return Err(bad(id.to_owned(), "the request names no \"route\"".into()));
         }
     };
-    let input = map.remove("input").unwrap_or(Value::Null);
+    let input = fields.input.unwrap_or(RawValue::NULL);
     Ok(LineRequest { id, route, input })
 }
 
-fn error_line(id: &Value, failure: &Failure) -> String {
-    let mut body = failure.to_json();
-    if let Value::Object(map) = &mut body {
-        map.insert("id".to_owned(), id.clone());
-    }
-    body.to_string()
+/// An error answer: `{"id": <the request's id as sent>, "error": {..}}`.
+fn error_line(id: &RawValue, failure: &Failure) -> String {
+    answer_line(None, id, Err(failure))
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     #[test]
     fn requests_parse_with_ids_and_default_routes() {
         let r = parse_request(r#"{"route":"a","input":{"x":1},"id":7}"#, None).expect("ok");
         assert_eq!(r.route, "a");
-        assert_eq!(r.id, serde_json::json!(7));
-        assert_eq!(r.input, serde_json::json!({"x": 1}));
-        let r = parse_request(r#"{"input":"x"}"#, Some("hello")).expect("ok");
-        assert_eq!((r.route.as_str(), r.id), ("hello", Value::Null));
+        assert_eq!(r.id.get(), "7");
+        assert_eq!(r.input.get(), r#"{"x":1}"#);
+        let r = parse_request(r#"{"input":"x","other":[1,2]}"#, Some("hello")).expect("ok");
+        assert_eq!((r.route.as_str(), r.id.get()), ("hello", "null"));
 
         let (id, f) = parse_request(r#"{"id":"q"}"#, None).expect_err("no route");
-        assert_eq!(id, serde_json::json!("q"));
+        assert_eq!(id.get(), r#""q""#);
         assert!(matches!(f, Failure::BadRequest { .. }));
-        assert!(parse_request("[1]", Some("a")).is_err());
-        assert!(parse_request("{not json", Some("a")).is_err());
-        assert!(parse_request(r#"{"route":5}"#, None).is_err());
+        let (_, f) = parse_request("[1]", Some("a")).expect_err("not an object");
+        assert!(f.to_string().contains("a request is a JSON object"), "{f}");
+        let (_, f) = parse_request("{not json", Some("a")).expect_err("not JSON");
+        assert!(f.to_string().contains("not JSON"), "{f}");
+        let (id, _) = parse_request(r#"{"route":5,"id":1}"#, None).expect_err("route type");
+        assert_eq!(id.get(), "1");
+    }
+
+    #[test]
+    fn ids_are_echoed_as_sent() {
+        for id in [
+            "18446744073709551616",
+            "1e2",
+            "-0.0",
+            r#""x\u0041""#,
+            r#"{"a":[1, 2]}"#,
+        ] {
+            let line = format!(r#"{{"id":{id},"route":"r"}}"#);
+            let request = parse_request(&line, None).expect("parses");
+            assert_eq!(request.id.get(), id);
+            let answer = error_line(request.id, &Failure::NoSuchRoute { route: "r".into() });
+            assert!(
+                answer.starts_with(&format!(r#"{{"id":{id},"error""#)),
+                "{answer}"
+            );
+        }
     }
 
     #[test]
     fn error_lines_carry_the_id() {
-        let line = error_line(
-            &serde_json::json!(3),
-            &Failure::NoSuchRoute { route: "x".into() },
-        );
+        let id = RawValue::from_string("3".into()).expect("json");
+        let line = error_line(&id, &Failure::NoSuchRoute { route: "x".into() });
         let v: Value = serde_json::from_str(&line).expect("json");
         assert_eq!(v["id"], 3);
         assert_eq!(v["error"]["kind"], "no_such_route");

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Hop, HopMode, OnFailure, Route};
-use crate::error::CallError;
+use crate::error::{CallError, RejectReason};
 
 /// Most attempts of a hop with `retry: true` whose attempts may have run.
 pub(crate) const MAX_ATTEMPTS: usize = 3;
@@ -45,9 +45,13 @@ pub enum FailureKind {
     /// Instances are known but none could take the call (unreachable, draining, overloaded,
     /// or the connection broke mid-call and the hop may not be retried).
     Unavailable,
-    /// The service ran the call and failed: its own error, a panic, a refused request (the
-    /// value does not fit the method's request type) or a missing method.
+    /// The service ran the call and failed: its own error, a panic, a missing method, a reply
+    /// that could not be decoded, or a hop after the first that refused the value the route
+    /// gave it (the route's hops do not fit together: not the caller's doing).
     HopFailed,
+    /// The route's input, as the caller sent it, does not decode as the request type of the
+    /// hop it went to: the caller's error, with the decoder's message.
+    BadInput,
     /// The request's deadline passed before the route finished.
     Deadline,
     /// The router could not run the route (it is starting or stopping).
@@ -101,6 +105,11 @@ impl fmt::Display for RouteFailure {
             FailureKind::HopFailed => {
                 write!(f, "Service {service} failed: {} ({place})", self.message)
             }
+            FailureKind::BadInput => write!(
+                f,
+                "Service {service} cannot take this input: {} ({place})",
+                self.message
+            ),
             FailureKind::Deadline => match self.hop {
                 Some(hop) => write!(
                     f,
@@ -140,6 +149,14 @@ impl HopError {
             | CallError::ConnectionLost { .. }
             | CallError::Unavailable(_) => (FailureKind::Unavailable, true),
             CallError::DeadlineExceeded(_) => (FailureKind::Deadline, false),
+            // The service refused the request before running it: the value does not decode
+            // as the method's request type. (A reply that does not decode is a `Protocol`
+            // error: the service's fault, so `HopFailed`.) Whether it is the caller's error
+            // depends on where the value came from: `execute` decides.
+            CallError::Rejected {
+                reason: RejectReason::BadRequest,
+                ..
+            } => (FailureKind::BadInput, false),
             _ => (FailureKind::HopFailed, false),
         };
         let message = match error {
@@ -148,6 +165,11 @@ impl HopError {
                 Some(message) => message.to_owned(),
                 None => value.to_string(),
             },
+            // The decoder's own words (field and expected type), without the call's wrapping.
+            CallError::Rejected {
+                reason: RejectReason::BadRequest,
+                message,
+            } => message,
             other => other.to_string(),
         };
         Self {
@@ -183,13 +205,28 @@ pub(crate) async fn execute<C: HopCaller>(
     until: Instant,
 ) -> Result<Value, RouteFailure> {
     let mut value = input;
+    // Whether `value` is still the caller's input: only then is a hop's refusal to decode it
+    // the caller's error. Once a hop's output flows on, a refusal means the route's hops do
+    // not fit together, which the caller cannot fix.
+    let mut from_caller = true;
     for (index, hop) in route.hops.iter().enumerate() {
         if hop.mode == HopMode::Async {
             caller.fire(route, index + 1, value.clone());
             continue;
         }
-        match run_hop(caller, hop, &value, until).await {
-            Ok(output) => value = output,
+        let outcome = run_hop(caller, hop, &value, until).await;
+        let outcome = outcome.map_err(|mut e| {
+            if e.kind == FailureKind::BadInput && !from_caller {
+                e.kind = FailureKind::HopFailed;
+                e.message = format!("the value the route passed it does not fit: {}", e.message);
+            }
+            e
+        });
+        match outcome {
+            Ok(output) => {
+                value = output;
+                from_caller = false;
+            }
             // Out of time is out of time: skipping would only fail the next hop.
             Err(e) if hop.on_failure == OnFailure::Skip && e.kind != FailureKind::Deadline => {
                 caller.skipped(route, index + 1, &e);
@@ -401,6 +438,60 @@ mod tests {
         assert!(script.calls().is_empty());
     }
 
+    #[tokio::test]
+    async fn a_refused_input_is_the_callers_only_while_it_is_the_callers_value() {
+        let refused = || failed(FailureKind::BadInput, false);
+        // The first hop refuses the caller's input: the caller's error.
+        let route = Route::new("r", vec![Hop::new("a", "m"), Hop::new("b", "m")]);
+        let script = Script::default().on("a.m", vec![refused()]);
+        let failure = execute(&script, &route, json!(5), soon())
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            (failure.kind, failure.hop),
+            (FailureKind::BadInput, Some(1))
+        );
+        assert_eq!(
+            failure.to_string(),
+            "Service a cannot take this input: boom (route r, hop 1)"
+        );
+
+        // Skipped and async hops leave the caller's value as it is.
+        let route = Route::new(
+            "r",
+            vec![
+                Hop::new("log", "m").fire_and_forget(),
+                Hop::new("a", "m").skip_on_failure(),
+                Hop::new("b", "m"),
+            ],
+        );
+        let script = Script::default()
+            .on("a.m", vec![failed(FailureKind::HopFailed, false)])
+            .on("b.m", vec![refused()]);
+        let failure = execute(&script, &route, json!(5), soon())
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            (failure.kind, failure.hop),
+            (FailureKind::BadInput, Some(3))
+        );
+
+        // A later hop refusing an earlier hop's output: the route's hops do not fit together,
+        // which the caller cannot fix.
+        let route = Route::new("r", vec![Hop::new("a", "m"), Hop::new("b", "m")]);
+        let script = Script::default()
+            .on("a.m", vec![Ok(json!({"greeting": "hi"}))])
+            .on("b.m", vec![refused()]);
+        let failure = execute(&script, &route, json!(5), soon())
+            .await
+            .expect_err("refused");
+        assert_eq!(
+            (failure.kind, failure.hop),
+            (FailureKind::HopFailed, Some(2))
+        );
+        assert!(failure.message.contains("boom"), "{}", failure.message);
+    }
+
     #[test]
     fn call_errors_are_classified() {
         let e = HopError::from_call(CallError::NoInstance {
@@ -422,6 +513,23 @@ mod tests {
         assert_eq!(e.message, r#"["odd"]"#);
         let e = HopError::from_call(CallError::DeadlineExceeded(Duration::from_secs(1)));
         assert_eq!(e.kind, FailureKind::Deadline);
+
+        // The service could not decode the request: bad input, in the decoder's words.
+        let e = HopError::from_call(CallError::Rejected {
+            reason: RejectReason::BadRequest,
+            message: "cannot decode Json payload: invalid type: integer `5`".into(),
+        });
+        assert_eq!(
+            (e.kind, e.message.as_str(), e.retryable),
+            (
+                FailureKind::BadInput,
+                "cannot decode Json payload: invalid type: integer `5`",
+                false
+            )
+        );
+        // The reply could not be decoded: the service's fault, not the caller's.
+        let e = HopError::from_call(CallError::Protocol("undecodable response".into()));
+        assert_eq!(e.kind, FailureKind::HopFailed);
     }
 
     #[test]
@@ -430,5 +538,7 @@ mod tests {
         assert_eq!(failure.to_string(), "There is no route named nope");
         let json = serde_json::to_value(&failure).expect("serializes");
         assert_eq!(json["kind"], "no_such_route");
+        let json = serde_json::to_value(FailureKind::BadInput).expect("serializes");
+        assert_eq!(json, "bad_input");
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
-use skynet::route::{self, Hop, Route, Router};
+use skynet::route::{self, Hop, Route};
 use skynet::{Node, ServiceDef, ServiceError, StoreConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
@@ -24,12 +24,22 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 const BIN: &str = env!("CARGO_BIN_EXE_skynet");
 
-/// A store member and a worker hosting `greeter.greet` and a router, in this process, with
-/// the route `hello` (one hop, `greeter.greet`, retry allowed).
+/// The request type of `greeter.strict`: a typed method, which refuses input of another shape.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Named {
+    pub name: String,
+}
+
+/// A store member and a worker hosting `greeter.greet` and `greeter.strict` in this process, a
+/// router process, the route `hello` (one hop, `greeter.greet`, retry allowed) and the route
+/// `strict` (one hop, `greeter.strict`, whose request type is [`Named`]). The router runs apart because
+/// it parses every route's input: under a flood of large inputs it would take this process's
+/// threads from the store and the worker's lease.
 pub struct Cluster {
     credentials: tempfile::TempDir,
     _data: tempfile::TempDir,
     nodes: Vec<Node>,
+    _router: Proc,
 }
 
 impl Cluster {
@@ -42,39 +52,58 @@ impl Cluster {
             .store(StoreConfig::bootstrap(data.path().join("store")))
             .start()
             .await?;
-        let greeter = ServiceDef::builder("greeter", "1.0.0").idempotent_method(
-            "greet",
-            |_, req: Value| async move {
+        let greeter = ServiceDef::builder("greeter", "1.0.0")
+            .idempotent_method("greet", |_, req: Value| async move {
                 let name = req.get("name").and_then(Value::as_str).unwrap_or("nobody");
                 Ok::<_, ServiceError>(json!({ "greeting": format!("Hello {name}") }))
-            },
-        );
-        let router = Router::new();
+            })
+            .idempotent_method("strict", |_, req: Named| async move {
+                Ok::<_, ServiceError>(json!({ "greeting": format!("Hello {}", req.name) }))
+            });
         let worker = Node::builder()
             .name("worker")
             .development_credentials(credentials.path())
             .store(StoreConfig::client(vec![store.local_addr()]))
             .service(greeter)
-            .service(router.service())
             .start()
             .await?;
-        router.attach(&worker)?;
         let store_handle = worker.store().context("store")?;
         route::put(
             &store_handle,
             &Route::new("hello", vec![Hop::new("greeter", "greet").retry(true)]),
         )
         .await?;
-        router
-            .table()
-            .context("router table")?
-            .wait_for(WAIT, |t| t.get("hello").is_some())
+        route::put(
+            &store_handle,
+            &Route::new("strict", vec![Hop::new("greeter", "strict")]),
+        )
+        .await?;
+        let args = [
+            "--log-level",
+            "warn",
+            "router",
+            "--join",
+            &store.local_addr().to_string(),
+            "--certs",
+            &credentials.path().display().to_string(),
+        ]
+        .map(str::to_owned);
+        let mut router = Proc::spawn("router", &args)?;
+        // The router's ready line says it has read the routes.
+        router.ready = router.line("ready ").await?;
+        worker
+            .registry()
+            .context("registry")?
+            .wait_for(WAIT, |s| {
+                !s.instances("greeter").is_empty() && !s.instances("skynet.router").is_empty()
+            })
             .await
-            .context("the router sees the route")?;
+            .context("the worker and the router registered")?;
         Ok(Self {
             credentials,
             _data: data,
             nodes: vec![store, worker],
+            _router: router,
         })
     }
 

@@ -6,4 +6,7 @@
 //! in the test process, on loopback.
 
 mod common;
+mod files;
+mod input;
+mod memory;
 mod slots;

@@ -112,7 +112,11 @@ pub(crate) enum InitiatorCommand {
     /// Run every request of a JSONL file and append the answers to another, resuming where
     /// an earlier run stopped.
     ///
-    /// Prints `done answered=<n> failed=<n> already_done=<n>` and exits when the file is done.
+    /// Both files are checked before the cluster is joined: they must be regular files, not
+    /// the same file, and an existing output must hold only answers; otherwise the run is
+    /// refused and nothing is written. A last input line without a newline is left for a later
+    /// run. Prints `done answered=<n> failed=<n> already_done=<n> unterminated=<n>` and exits
+    /// when the file is done.
     File(FileInitiatorArgs),
 }
 
@@ -155,7 +159,7 @@ pub(crate) struct HttpInitiatorArgs {
     pub(crate) listen: SocketAddr,
 
     /// The route the form runs.
-    #[arg(long, default_value = "hello")]
+    #[arg(long, default_value = "hello", value_parser = parse_route_name)]
     pub(crate) route: String,
 
     /// Run routes in this process instead of on router processes (the original's "advanced
@@ -167,6 +171,12 @@ pub(crate) struct HttpInitiatorArgs {
     #[arg(long, value_name = "MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub(crate) deadline_ms: u64,
+
+    /// Memory that requests being read and run may hold at once, in MiB; over it, new
+    /// requests are refused (HTTP 503 with Retry-After, an error line on TCP) until some finish.
+    #[arg(long, value_name = "MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub(crate) memory_budget_mib: u64,
 
     #[command(flatten)]
     pub(crate) limits: ListenerArgs,
@@ -232,13 +242,19 @@ pub(crate) struct TcpInitiatorArgs {
     pub(crate) listen: SocketAddr,
 
     /// The route of requests that name none (otherwise "route" is required).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_route_name)]
     pub(crate) route: Option<String>,
 
     /// Deadline of one request, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub(crate) deadline_ms: u64,
+
+    /// Memory that requests being read and run may hold at once, in MiB; over it, new
+    /// requests are refused (HTTP 503 with Retry-After, an error line on TCP) until some finish.
+    #[arg(long, value_name = "MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub(crate) memory_budget_mib: u64,
 
     #[command(flatten)]
     pub(crate) limits: ListenerArgs,
@@ -254,12 +270,13 @@ pub(crate) struct FileInitiatorArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) input: PathBuf,
 
-    /// The JSONL file answers are appended to (created if missing).
+    /// The JSONL file answers are appended to (created with the first answer; an existing
+    /// one must hold only answers).
     #[arg(long, value_name = "FILE")]
     pub(crate) output: PathBuf,
 
     /// The route of requests that name none (otherwise "route" is required).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_route_name)]
     pub(crate) route: Option<String>,
 
     /// Requests that run at once.
@@ -437,6 +454,14 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// A route name, held to the rules every stored route's name follows: a name no route can
+/// have would only fail each request later.
+fn parse_route_name(s: &str) -> Result<String, String> {
+    skynet::route::validate_name(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
 fn parse_voters(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n @ (1 | 3 | 5)) => Ok(n),
@@ -515,6 +540,32 @@ mod tests {
             "--data-dir is required"
         );
         assert!(parse(&["frobnicate"]).is_err());
+
+        // A route name that no route can have is refused by every initiator, with the rule.
+        let initiator = |kind: &'static str, route: &'static str| {
+            let mut args = vec![
+                "initiator",
+                kind,
+                "--join",
+                "127.0.0.1:7000",
+                "--certs",
+                "c",
+            ];
+            if kind == "file" {
+                args.extend_from_slice(&["--input", "in", "--output", "out"]);
+            }
+            args.extend_from_slice(&["--route", route]);
+            parse(&args).map(|_| ())
+        };
+        for kind in ["http", "tcp", "file"] {
+            assert!(initiator(kind, "hello").is_ok(), "{kind}");
+            for bad in ["", "a/b", "sp ace"] {
+                let e = initiator(kind, bad).expect_err(bad).to_string();
+                assert!(e.contains("invalid route name"), "{kind} {bad:?}: {e}");
+            }
+        }
+        let e = initiator("http", "").expect_err("empty").to_string();
+        assert!(e.contains("a route needs a name"), "{e}");
     }
 
     #[test]

@@ -4,19 +4,31 @@ use std::io::Write;
 use std::time::Duration;
 
 use skynet::ListenerLimits;
-use skynet::initiator::RouteCaller;
-use skynet::initiator::file::{FileConfig, run_file};
+use skynet::initiator::file::{FileConfig, FileJob};
 use skynet::initiator::http::{HttpConfig, HttpInitiator};
 use skynet::initiator::tcp::{TcpConfig, TcpInitiator};
+use skynet::initiator::{MemoryBudget, RouteCaller};
 
 use crate::CliError;
-use crate::cli::{InitiatorCommand, ListenerArgs};
+use crate::cli::{FileInitiatorArgs, InitiatorCommand, ListenerArgs};
 use crate::client;
 use crate::signals::Signals;
 
 /// Runs the chosen initiator until a stop signal (or, for a file, until it is done).
 pub(crate) async fn run(command: InitiatorCommand, out: &mut impl Write) -> Result<(), CliError> {
     let mut signals = Signals::new()?;
+    // A file run checks its files before it joins the cluster: bad files are refused at once,
+    // with nothing written.
+    let file = match &command {
+        InitiatorCommand::File(a) => {
+            let config = file_config(a);
+            tokio::select! {
+                job = FileJob::open(&a.input, &a.output, &config) => Some(job?),
+                stop = signals.wait() => return stop,
+            }
+        }
+        _ => None,
+    };
     let (args, role) = match &command {
         InitiatorCommand::Http(a) => (&a.client, "http-initiator"),
         InitiatorCommand::Tcp(a) => (&a.client, "tcp-initiator"),
@@ -39,13 +51,14 @@ pub(crate) async fn run(command: InitiatorCommand, out: &mut impl Write) -> Resu
         node.shutdown().await;
         return Err(skynet::NodeError::Config(e.to_string()).into());
     }
-    let result = serve(&command, &node, &mut signals, out).await;
+    let result = serve(&command, file, &node, &mut signals, out).await;
     node.shutdown().await;
     result
 }
 
 async fn serve(
     command: &InitiatorCommand,
+    file: Option<FileJob>,
     node: &skynet::Node,
     signals: &mut Signals,
     out: &mut impl Write,
@@ -66,6 +79,7 @@ async fn serve(
         InitiatorCommand::Http(a) => {
             let mut config = HttpConfig {
                 form_route: a.route.clone(),
+                budget: budget(a.memory_budget_mib),
                 ..HttpConfig::default()
             };
             a.limits.apply(&mut config.limits);
@@ -86,6 +100,7 @@ async fn serve(
         InitiatorCommand::Tcp(a) => {
             let mut config = TcpConfig {
                 default_route: a.route.clone(),
+                budget: budget(a.memory_budget_mib),
                 ..TcpConfig::default()
             };
             a.limits.apply(&mut config.limits);
@@ -98,20 +113,19 @@ async fn serve(
             stopped
         }
         InitiatorCommand::File(a) => {
-            let config = FileConfig {
-                default_route: a.route.clone(),
-                concurrency: usize::try_from(a.concurrency).unwrap_or(16),
-                ..FileConfig::default()
+            let job = match file {
+                Some(job) => job,
+                None => FileJob::open(&a.input, &a.output, &file_config(a)).await?,
             };
             let caller = caller(a.deadline_ms);
             let summary = tokio::select! {
-                summary = run_file(&caller, &a.input, &a.output, &config) => summary?,
+                summary = job.run(&caller) => summary?,
                 stop = signals.wait() => return stop,
             };
             writeln!(
                 out,
-                "done answered={} failed={} already_done={}",
-                summary.answered, summary.failed, summary.already_done
+                "done answered={} failed={} already_done={} unterminated={}",
+                summary.answered, summary.failed, summary.already_done, summary.unterminated
             )
             .and_then(|()| out.flush())
             .map_err(CliError::Stdout)
@@ -139,5 +153,24 @@ impl ListenerArgs {
                 *field = Duration::from_millis(ms);
             }
         }
+    }
+}
+
+/// The process's memory budget for requests, from `--memory-budget-mib`.
+fn budget(mib: u64) -> MemoryBudget {
+    match usize::try_from(mib)
+        .ok()
+        .and_then(|m| m.checked_mul(1 << 20))
+    {
+        Some(bytes) => MemoryBudget::new(bytes),
+        None => MemoryBudget::new(usize::MAX),
+    }
+}
+
+fn file_config(a: &FileInitiatorArgs) -> FileConfig {
+    FileConfig {
+        default_route: a.route.clone(),
+        concurrency: usize::try_from(a.concurrency).unwrap_or(16),
+        ..FileConfig::default()
     }
 }

@@ -21,6 +21,14 @@ use clap::Parser as _;
 
 use crate::cli::{Cli, Command};
 
+/// jemalloc rather than the system allocator: its background threads hand freed memory back to
+/// the system within seconds, where glibc's malloc keeps what a burst of large requests took
+/// (its threshold for giving large blocks their own mappings rises with every large block
+/// freed, and what then comes from its heaps stays), so an initiator's memory goes back when
+/// the load goes.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Why a subcommand failed. Printed to stderr; the process exits with status 1.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
