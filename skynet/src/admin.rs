@@ -5,9 +5,10 @@
 //! - `GET /metrics`: the Prometheus text format.
 //!
 //! Any other path is 404, another method on these paths 405. Requests are small by
-//! construction: request heads are capped at [`http::MAX_HEAD`] bytes, bodies are never read, and
-//! at most [`MAX_CONNECTIONS`] connections are served at once, each for at most
-//! [`MAX_CONNECTION_TIME`]. The server stops with the node.
+//! construction: request heads are capped at [`http::MAX_HEAD`] bytes and bodies are never
+//! read; connections have the slots and deadlines of [`LIMITS`] unless
+//! [`NodeBuilder::admin_limits`](crate::NodeBuilder::admin_limits) says otherwise. The server
+//! stops with the node.
 
 mod render;
 
@@ -24,14 +25,26 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
 use crate::error::NodeError;
-use crate::http::{self, HttpServer, Limits, plain};
+use crate::http::{self, HttpServer, plain};
+use crate::listener::ListenerLimits;
 use crate::service::ServiceDef;
 use crate::stats::StatsSnapshot;
 
-/// Connections served at once; more are closed on accept.
-const MAX_CONNECTIONS: usize = 64;
-/// How long one connection may stay open, so slow or idle clients cannot keep every slot.
-const MAX_CONNECTION_TIME: Duration = Duration::from_secs(60);
+/// The admin port's default limits: 64 connections (16 per client address), a head within
+/// 10 s, idle at most 30 s, a stalled write at most 10 s, 60 s in all. A scraper needs one
+/// connection for a moment; these only have to keep a flood of silent or slow clients from
+/// locking monitoring out. Bodies are never read, so their limits do not matter.
+pub(crate) const LIMITS: ListenerLimits = ListenerLimits {
+    max_connections: 64,
+    max_per_address: None,
+    head_timeout: Duration::from_secs(10),
+    idle_timeout: Duration::from_secs(30),
+    body_timeout: Duration::from_secs(10),
+    body_grace: Duration::from_secs(5),
+    min_body_rate: 1024,
+    write_timeout: Duration::from_secs(10),
+    max_lifetime: Duration::from_secs(60),
+};
 
 /// What the admin port reports on.
 struct AdminState {
@@ -62,23 +75,20 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<Bound, NodeError> {
 pub(crate) struct AdminServer(HttpServer);
 
 impl Bound {
-    /// Starts serving the statistics of `services`.
+    /// Starts serving the statistics of `services`, within `limits` (already validated).
     pub(crate) fn serve(
         self,
         node: &str,
         services: Arc<HashMap<Box<str>, ServiceDef>>,
+        limits: ListenerLimits,
     ) -> Result<AdminServer, NodeError> {
         let state = Arc::new(AdminState {
             node: node.to_owned(),
             services,
             started: Instant::now(),
         });
-        let limits = Limits {
-            connections: MAX_CONNECTIONS,
-            connection_time: MAX_CONNECTION_TIME,
-        };
         let requested = self.requested;
-        let server = HttpServer::serve(self.listener, limits, move |request| {
+        let server = HttpServer::serve(self.listener, limits, "admin port", move |request| {
             let response = respond(&state, &request);
             std::future::ready(response)
         })

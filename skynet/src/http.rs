@@ -1,5 +1,5 @@
 //! A small HTTP/1.1 server shared by the admin port and the HTTP initiator: bounded request
-//! heads and connection counts, a time limit per connection, and a graceful stop.
+//! heads, connection slots and deadlines ([`crate::listener`]), and a graceful stop.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,25 +14,15 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::listener::{BodyGuard, ListenerLimits, Mode, Slot, Table, accept_connections};
+
 /// Bytes hyper buffers for one request head; larger heads are refused.
 pub(crate) const MAX_HEAD: usize = 16 << 10;
-/// How long a client may take to send a request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stop waits for responses being written.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-
-/// The limits of one server.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Limits {
-    /// Connections served at once; more are closed on accept.
-    pub(crate) connections: usize,
-    /// How long one connection may stay open, so slow or idle clients cannot keep every slot.
-    pub(crate) connection_time: Duration,
-}
 
 /// A running server. Dropping it stops the accept loop.
 pub(crate) struct HttpServer {
@@ -42,10 +32,12 @@ pub(crate) struct HttpServer {
 }
 
 impl HttpServer {
-    /// Serves `listener`, answering each request with `handler`.
+    /// Serves `listener` within `limits` (already validated), answering each request with
+    /// `handler`; `what` names the server in logs.
     pub(crate) fn serve<H, Fut>(
         listener: TcpListener,
-        limits: Limits,
+        limits: ListenerLimits,
+        what: &'static str,
         handler: H,
     ) -> std::io::Result<Self>
     where
@@ -59,6 +51,7 @@ impl HttpServer {
             listener,
             Arc::new(handler),
             limits,
+            what,
             stop.clone(),
             tasks.clone(),
         ));
@@ -85,10 +78,16 @@ impl Drop for HttpServer {
     }
 }
 
+/// The slot of the connection a request came on, in the request's extensions, so that the
+/// handler can say when it reads the body ([`body_phase`]).
+#[derive(Clone)]
+struct ConnSlot(Arc<Slot>);
+
 async fn accept_loop<H, Fut>(
     listener: TcpListener,
     handler: Arc<H>,
-    limits: Limits,
+    limits: ListenerLimits,
+    what: &'static str,
     stop: CancellationToken,
     tasks: TaskTracker,
 ) where
@@ -97,18 +96,32 @@ async fn accept_loop<H, Fut>(
 {
     let serve = {
         let stop = stop.clone();
-        move |stream: TcpStream| {
+        move |stream: TcpStream, slot: Arc<Slot>| {
             let (handler, stop) = (handler.clone(), stop.clone());
             async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let response = handler(request);
-                    async move { Ok::<_, Infallible>(response.await) }
-                });
+                let service = {
+                    let slot = slot.clone();
+                    hyper::service::service_fn(move |mut request: Request<Incoming>| {
+                        // Called as soon as the head is parsed: the connection is Busy until
+                        // the response is flushed.
+                        let running = slot.request();
+                        request.extensions_mut().insert(ConnSlot(slot.clone()));
+                        let response = handler(request);
+                        async move {
+                            let response = response.await;
+                            drop(running);
+                            Ok::<_, Infallible>(response)
+                        }
+                    })
+                };
+                // The slot's sweeper enforces the phases' deadlines; hyper's own head timeout
+                // runs from the moment it waits for a head, idle time included, so it is set
+                // to idle + head as a backstop that never fires before the sweeper would.
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(HEAD_TIMEOUT)
+                    .header_read_timeout(limits.idle_timeout.saturating_add(limits.head_timeout))
                     .max_buf_size(MAX_HEAD)
-                    .serve_connection(TokioIo::new(stream), service);
+                    .serve_connection(TokioIo::new(slot.track(stream)), service);
                 tokio::pin!(conn);
                 tokio::select! {
                     result = conn.as_mut() => {
@@ -118,55 +131,18 @@ async fn accept_loop<H, Fut>(
                         return;
                     }
                     () = stop.cancelled() => {}
-                    () = tokio::time::sleep(limits.connection_time) => {}
+                    () = slot.drained() => {}
                 }
+                // Stopping or at the end of its lifetime: the response being written gets to
+                // finish, then the connection closes (the sweeper closes it after the same
+                // grace in any case).
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn).await;
             }
         }
     };
-    accept_connections(listener, limits.connections, stop, tasks, serve).await;
-}
-
-/// Accepts connections until `stop`, serving at most `connections` at once (more are closed
-/// on accept), each in a task of `tasks` running `serve`.
-pub(crate) async fn accept_connections<S, Fut>(
-    listener: TcpListener,
-    connections: usize,
-    stop: CancellationToken,
-    tasks: TaskTracker,
-    serve: S,
-) where
-    S: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let slots = Arc::new(Semaphore::new(connections));
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of descriptors, typically: pause rather than spin on the error.
-                tracing::warn!(error = %e, "cannot accept a connection");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                }
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::debug!("at the connection limit; closing a new connection");
-            continue;
-        };
-        let connection = serve(stream);
-        tasks.spawn(async move {
-            let _slot = slot;
-            connection.await;
-        });
-    }
+    let table = Table::new(limits, Mode::Http, what);
+    accept_connections(listener, table, stop, tasks, serve).await;
 }
 
 /// A response with `body` of `content_type`.
@@ -190,4 +166,14 @@ pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<Full<Byt
         "text/plain; charset=utf-8",
         Bytes::from_static(text.as_bytes()),
     )
+}
+
+/// Puts the connection of `request` in the Body phase until the returned guard is dropped: a
+/// handler holds it while it reads the body (so that a body that trickles in is cut off, and
+/// one that arrives is not mistaken for a slow handler), and drops it before running anything.
+pub(crate) fn body_phase(request: &Request<Incoming>) -> Option<BodyGuard> {
+    request
+        .extensions()
+        .get::<ConnSlot>()
+        .map(|ConnSlot(slot)| slot.body())
 }

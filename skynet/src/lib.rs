@@ -56,6 +56,7 @@ mod config;
 mod error;
 mod http;
 pub mod initiator;
+mod listener;
 mod node;
 mod peer;
 pub mod registry;
@@ -73,6 +74,7 @@ pub use client::ServiceClient;
 pub use codec::Encoding;
 pub use config::RpcConfig;
 pub use error::{CallError, NodeError, RejectReason};
+pub use listener::{LimitsError, ListenerLimits};
 pub use node::{Node, NodeBuilder};
 pub use registry::{Instance, Registry};
 /// Version requirements for calls by name ([`ServiceClient::with_version`]).

@@ -14,6 +14,7 @@ use crate::balance::{self, Balancer, Locality};
 use crate::client::ServiceClient;
 use crate::config::RpcConfig;
 use crate::error::NodeError;
+use crate::listener::ListenerLimits;
 use crate::peer::Peers;
 use crate::registry::{self, Instance, Registration, RegistrationConfig, Registry};
 use crate::server::{self, InFlight, ServerState};
@@ -43,6 +44,7 @@ pub struct NodeBuilder {
     region: String,
     registration: RegistrationConfig,
     admin: Option<SocketAddr>,
+    admin_limits: ListenerLimits,
 }
 
 impl NodeBuilder {
@@ -144,6 +146,14 @@ impl NodeBuilder {
         self
     }
 
+    /// The admin port's connection slots and deadlines. Default: 64 connections (16 per
+    /// client address), a request head within 10 s, idle at most 30 s, a stalled write at
+    /// most 10 s, 60 s in all.
+    pub fn admin_limits(mut self, limits: ListenerLimits) -> Self {
+        self.admin_limits = limits;
+        self
+    }
+
     /// Validates everything, binds the socket and starts serving. Must run inside a Tokio
     /// runtime.
     pub async fn start(self) -> Result<Node, NodeError> {
@@ -181,6 +191,9 @@ impl NodeBuilder {
             }
             services.insert(name, def);
         }
+        self.admin_limits
+            .validate()
+            .map_err(|e| NodeError::Config(format!("admin port: {e}")))?;
         // Before the endpoint, so that a port in use fails the start with nothing running.
         let admin_port = match self.admin {
             Some(addr) => Some(admin::bind(addr).await?),
@@ -200,7 +213,7 @@ impl NodeBuilder {
             writers: TaskTracker::new(),
         });
         let admin = admin_port
-            .map(|port| port.serve(&self.name, services.clone()))
+            .map(|port| port.serve(&self.name, services.clone(), self.admin_limits))
             .transpose()?;
         tokio::spawn(server::accept_loop(endpoint.clone(), server.clone()));
         tracing::info!(name = %self.name, %addr, services = services.len(), "node started");
@@ -342,6 +355,7 @@ impl Node {
             region: "unknown".to_owned(),
             registration: RegistrationConfig::default(),
             admin: None,
+            admin_limits: admin::LIMITS,
         }
     }
 

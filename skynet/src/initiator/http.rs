@@ -13,7 +13,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt as _, Full};
@@ -25,7 +24,8 @@ use serde_json::value::RawValue;
 
 use super::budget::{OverBudget, Reservation};
 use super::{Failure, MemoryBudget, PreparedRun, RouteCaller};
-use crate::http::{self, HttpServer, Limits};
+use crate::http::{self, HttpServer};
+use crate::listener::ListenerLimits;
 
 /// Settings of an HTTP initiator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,8 +34,11 @@ pub struct HttpConfig {
     pub form_route: String,
     /// Largest request body accepted. Default 1 MiB.
     pub max_body: usize,
-    /// Connections served at once. Default 1,024.
-    pub max_connections: usize,
+    /// Connection slots and the deadlines that keep slow or silent clients from holding
+    /// them. Default [`ListenerLimits::default`]: 1,024 connections, a quarter of them per
+    /// client address; a head within 10 s, a body within 60 s and at 1 KiB/s after 5 s, idle
+    /// at most 60 s, a write stalled at most 30 s, 300 s in all.
+    pub limits: ListenerLimits,
     /// The memory that request bodies being read and run may hold at once, shared with other
     /// initiators. Default: the process-wide [`MemoryBudget`].
     pub budget: MemoryBudget,
@@ -46,7 +49,7 @@ impl Default for HttpConfig {
         Self {
             form_route: "hello".to_owned(),
             max_body: 1 << 20,
-            max_connections: 1024,
+            limits: ListenerLimits::default(),
             budget: MemoryBudget::default(),
         }
     }
@@ -72,18 +75,22 @@ struct State {
 
 impl HttpInitiator {
     /// Binds `addr` (port 0 picks a free one) and serves until [`HttpInitiator::shutdown`].
+    ///
+    /// Limits that do not validate fail with [`std::io::ErrorKind::InvalidInput`], the
+    /// [`LimitsError`](crate::LimitsError) inside.
     pub async fn start(
         caller: RouteCaller,
         addr: SocketAddr,
         config: HttpConfig,
     ) -> std::io::Result<Self> {
+        config
+            .limits
+            .validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let limits = Limits {
-            connections: config.max_connections,
-            connection_time: Duration::from_secs(300),
-        };
+        let limits = config.limits;
         let state = Arc::new(State { caller, config });
-        let server = HttpServer::serve(listener, limits, move |request| {
+        let server = HttpServer::serve(listener, limits, "http initiator", move |request| {
             let state = state.clone();
             async move { handle(&state, request).await }
         })?;
@@ -114,7 +121,7 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
                 Err(failure) => html(status_of(&failure), error_page(&failure)),
             }
         }
-        (Method::POST, "/new") => match read_body(request.into_body(), &state.config).await {
+        (Method::POST, "/new") => match read_body_phased(request, &state.config).await {
             Ok(body) => match form_fields(&body.bytes) {
                 Ok(fields) => run_form(state, fields).await,
                 Err(failure) => html(status_of(&failure), error_page(&failure)),
@@ -122,7 +129,7 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Full<Byte
             Err(e) => body_error_page(&e),
         },
         (Method::POST, path) if path.starts_with(ROUTES_PATH) => match route_in_path(path) {
-            Ok(route) => run_json(state, &route, request.into_body()).await,
+            Ok(route) => run_json(state, &route, request).await,
             Err(failure) => json(status_of(&failure), &failure.to_json()),
         },
         (_, "/" | "/new") => not_allowed("GET, POST"),
@@ -191,8 +198,8 @@ async fn run_form(state: &State, input: Value) -> Response<Full<Bytes>> {
     }
 }
 
-async fn run_json(state: &State, route: &str, body: Incoming) -> Response<Full<Bytes>> {
-    let failure = match read_body(body, &state.config).await {
+async fn run_json(state: &State, route: &str, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let failure = match read_body_phased(request, &state.config).await {
         // Checked as JSON but not parsed: the input goes to the router as the text it is.
         Ok(Body { bytes, held }) => {
             let run = match serde_json::from_slice::<&RawValue>(&bytes) {
@@ -244,6 +251,15 @@ enum BodyError {
     OverBudget(OverBudget),
     /// The connection failed while the body was being read.
     Failed(String),
+}
+
+/// [`read_body`] of `request`, with its connection in the Body phase meanwhile.
+async fn read_body_phased(
+    request: Request<Incoming>,
+    config: &HttpConfig,
+) -> Result<Body, BodyError> {
+    let _phase = http::body_phase(&request);
+    read_body(request.into_body(), config).await
 }
 
 /// Reads a request body of at most `config.max_body` bytes, reserving its cost from the

@@ -1,17 +1,16 @@
 //! The TCP initiator: newline-delimited JSON in both directions.
 //!
 //! Each request is one line, `{"route": "hello", "input": {"name": "World"}, "id": 7}` (`id`
-//! is optional and echoed back exactly as sent, as JSON text; `route` may be left out when the
-//! initiator has a default; other fields are ignored). Each answer is one line, in the order of
-//! the requests: `{"id": 7, "output": {...}}` or `{"id": 7, "error": {"kind": ..., "message":
-//! ...}}`. Up to 64 requests of one connection run at once. Blank lines are skipped. A line
-//! that is not a request gets an error answer and the connection goes on; a line over the
-//! length limit, or one that would take the process's [`MemoryBudget`] over its limit (kind
-//! `overloaded`, `id` null: it was never read), is answered with an error and skipped up to its
-//! end.
+//! is optional and echoed back; `route` may be left out when the initiator has a default).
+//! Each answer is one line, in the order of the requests:
+//! `{"id": 7, "output": {...}}` or `{"id": 7, "error": {"kind": ..., "message": ...}}`. Up to
+//! 64 requests of one connection run at once. A line that is not a request gets an error
+//! answer and the connection goes on; a line over the limit is answered with an error and
+//! skipped up to its end.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use serde_json::value::RawValue;
@@ -23,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use super::{
     Failure, Line, MemoryBudget, PreparedRun, Refusal, RouteCaller, answer_line, limited_lines,
 };
+use crate::listener::{ListenerLimits, Mode, Slot, Table, accept_connections};
 
 /// Requests of one connection that run at once.
 const IN_FLIGHT_PER_CONNECTION: usize = 64;
@@ -34,8 +34,13 @@ pub struct TcpConfig {
     pub default_route: Option<String>,
     /// Longest request line, in bytes. Default 1 MiB.
     pub max_line: usize,
-    /// Connections served at once. Default 1,024.
-    pub max_connections: usize,
+    /// Connection slots and the deadlines that keep slow or silent clients from holding
+    /// them. A line is the request head here (`head_timeout` runs from its first byte to its
+    /// newline); a connection is idle while it has no line begun and no answer owed, busy
+    /// while answers are owed. The body limits do not apply. Default: 1,024 connections, a
+    /// quarter of them per client address, a line within 30 s (a long line may be 1 MiB),
+    /// idle at most 120 s, a stalled write at most 30 s, an hour in all.
+    pub limits: ListenerLimits,
     /// The memory that request lines being read and run may hold at once, shared with other
     /// initiators. Default: the process-wide [`MemoryBudget`].
     pub budget: MemoryBudget,
@@ -46,7 +51,12 @@ impl Default for TcpConfig {
         Self {
             default_route: None,
             max_line: 1 << 20,
-            max_connections: 1024,
+            limits: ListenerLimits {
+                head_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(120),
+                max_lifetime: Duration::from_secs(3600),
+                ..ListenerLimits::default()
+            },
             budget: MemoryBudget::default(),
         }
     }
@@ -62,11 +72,18 @@ pub struct TcpInitiator {
 
 impl TcpInitiator {
     /// Binds `addr` (port 0 picks a free one) and serves until [`TcpInitiator::shutdown`].
+    ///
+    /// Limits that do not validate fail with [`std::io::ErrorKind::InvalidInput`], the
+    /// [`LimitsError`](crate::LimitsError) inside.
     pub async fn start(
         caller: RouteCaller,
         addr: SocketAddr,
         config: TcpConfig,
     ) -> std::io::Result<Self> {
+        config
+            .limits
+            .validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
@@ -102,53 +119,63 @@ async fn accept_loop(
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let connections = state.1.max_connections;
+    let table = Table::new(state.1.limits, Mode::Lines, "tcp initiator");
     let serve = {
         let stop = stop.clone();
-        move |stream: TcpStream| {
+        move |stream: TcpStream, slot: Arc<Slot>| {
             let (state, stop) = (state.clone(), stop.clone());
             async move {
                 tokio::select! {
-                    () = serve(stream, &state) => {}
+                    () = serve(stream, &slot, &state) => {}
                     () = stop.cancelled() => {}
                 }
             }
         }
     };
-    crate::http::accept_connections(listener, connections, stop, tasks, serve).await;
+    accept_connections(listener, table, stop, tasks, serve).await;
 }
 
-async fn serve(stream: TcpStream, state: &(RouteCaller, TcpConfig)) {
+async fn serve(stream: TcpStream, slot: &Arc<Slot>, state: &(RouteCaller, TcpConfig)) {
     let (caller, config) = state;
     let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
+    // Both halves report to the slot: the bytes read say whether a line has begun, and a
+    // write the client does not take ends the connection after the write timeout.
+    let (read, write) = stream.into_split();
+    let (read, mut write) = (slot.track(read), slot.track(write));
+    // Past its lifetime the connection reads no more lines; the answers of those read are
+    // written (within the drain grace) and then it closes.
     let answers = limited_lines(read, config.max_line, config.budget.clone())
+        .take_until(slot.drained())
         // Blank lines are no requests: skipped, as the file initiator skips them, rather than
         // each costing an error answer.
         .filter(|line| {
             let blank = matches!(line, Ok(Line::Text(text, _)) if text.trim().is_empty());
             std::future::ready(!blank)
         })
-        .map(|line| async move {
-            match line {
-                // The line's reservation is held until its answer is written.
-                Ok(Line::Text(line, held)) => {
-                    Some((answer(caller, config, line).await, Some(held)))
-                }
-                Ok(Line::Refused(why)) => {
-                    let failure = match why {
-                        Refusal::OverBudget(e) => Failure::Overloaded {
-                            message: e.to_string(),
-                        },
-                        other => Failure::BadRequest {
-                            message: other.to_string(),
-                        },
-                    };
-                    Some((error_line(&null(), &failure), None))
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "TCP initiator connection failed");
-                    None
+        .map(|line| {
+            // An answer is owed from here until it is written: the connection is busy.
+            slot.answer_owed();
+            async move {
+                match line {
+                    // The line's reservation is held until its answer is written.
+                    Ok(Line::Text(line, held)) => {
+                        Some((answer(caller, config, line).await, Some(held)))
+                    }
+                    Ok(Line::Refused(why)) => {
+                        let failure = match why {
+                            Refusal::OverBudget(e) => Failure::Overloaded {
+                                message: e.to_string(),
+                            },
+                            other => Failure::BadRequest {
+                                message: other.to_string(),
+                            },
+                        };
+                        Some((error_line(&null(), &failure), None))
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TCP initiator connection failed");
+                        None
+                    }
                 }
             }
         })
@@ -159,6 +186,7 @@ async fn serve(stream: TcpStream, state: &(RouteCaller, TcpConfig)) {
         if write.write_all(out.as_bytes()).await.is_err() {
             return;
         }
+        slot.answer_written();
         drop(held);
     }
 }

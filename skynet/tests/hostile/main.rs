@@ -9,3 +9,4 @@ mod common;
 mod files;
 mod input;
 mod memory;
+mod slots;

@@ -177,6 +177,58 @@ pub(crate) struct HttpInitiatorArgs {
     #[arg(long, value_name = "MIB", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub(crate) memory_budget_mib: u64,
+
+    #[command(flatten)]
+    pub(crate) limits: ListenerArgs,
+
+    /// A request body must arrive within this, in milliseconds. [default: 60000]
+    #[arg(long, value_name = "MS", value_parser = millis())]
+    pub(crate) body_timeout_ms: Option<u64>,
+
+    /// After its first 5 s a request body must have arrived at this many bytes a second on
+    /// average; 0 turns the check off. [default: 1024]
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) min_body_rate: Option<u64>,
+}
+
+/// The connection slots and deadlines of an initiator's listener; absent flags keep the
+/// initiator's defaults.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ListenerArgs {
+    /// Connections served at once; when all are taken, a new one closes the longest idle (else
+    /// the slowest sender). [default: 1024]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) max_connections: Option<u64>,
+
+    /// Connections one client IP address may hold at once. [default: a quarter of
+    /// --max-connections]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) max_per_address: Option<u64>,
+
+    /// A request head (http) or line (tcp) must arrive within this from its first byte, in
+    /// milliseconds. [default: 10000 for http, 30000 for tcp]
+    #[arg(long, value_name = "MS", value_parser = millis())]
+    pub(crate) head_timeout_ms: Option<u64>,
+
+    /// A connection with nothing in flight is closed after this, in milliseconds. [default:
+    /// 60000 for http, 120000 for tcp]
+    #[arg(long, value_name = "MS", value_parser = millis())]
+    pub(crate) idle_timeout_ms: Option<u64>,
+
+    /// A connection whose answers the client does not read is closed after this, in
+    /// milliseconds. [default: 30000]
+    #[arg(long, value_name = "MS", value_parser = millis())]
+    pub(crate) write_timeout_ms: Option<u64>,
+
+    /// A connection is closed after this, once its request in progress is done, in
+    /// milliseconds. [default: 300000 for http, 3600000 for tcp]
+    #[arg(long, value_name = "MS", value_parser = millis())]
+    pub(crate) max_lifetime_ms: Option<u64>,
+}
+
+/// Milliseconds from 1 to a year: every limit a listener validates.
+fn millis() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..=365 * 24 * 3600 * 1000)
 }
 
 /// Flags of `skynet initiator tcp`.
@@ -203,6 +255,9 @@ pub(crate) struct TcpInitiatorArgs {
     #[arg(long, value_name = "MIB", default_value_t = 64,
           value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub(crate) memory_budget_mib: u64,
+
+    #[command(flatten)]
+    pub(crate) limits: ListenerArgs,
 }
 
 /// Flags of `skynet initiator file`.
@@ -565,6 +620,85 @@ mod tests {
         assert!(
             parse(&["routes", "list", "--certs", "c"]).is_err(),
             "--join is required"
+        );
+    }
+
+    #[test]
+    fn initiators_take_listener_limits() {
+        let base = [
+            "initiator",
+            "http",
+            "--join",
+            "127.0.0.1:7000",
+            "--certs",
+            "c",
+        ];
+        let with = |extra: &[&str]| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+        let cli = with(&[]).expect("ok");
+        let Command::Initiator(InitiatorCommand::Http(args)) = cli.command else {
+            panic!("http initiator expected");
+        };
+        assert_eq!(args.limits.max_connections, None);
+        assert_eq!(args.min_body_rate, None);
+        let cli = with(&[
+            "--max-connections",
+            "16",
+            "--max-per-address",
+            "2",
+            "--head-timeout-ms",
+            "500",
+            "--idle-timeout-ms",
+            "700",
+            "--min-body-rate",
+            "0",
+        ])
+        .expect("ok");
+        let Command::Initiator(InitiatorCommand::Http(args)) = cli.command else {
+            panic!("http initiator expected");
+        };
+        assert_eq!(
+            (args.limits.max_connections, args.limits.max_per_address),
+            (Some(16), Some(2))
+        );
+        assert_eq!(
+            (args.limits.head_timeout_ms, args.limits.idle_timeout_ms),
+            (Some(500), Some(700))
+        );
+        assert_eq!(args.min_body_rate, Some(0));
+        assert!(with(&["--max-connections", "0"]).is_err());
+        assert!(with(&["--idle-timeout-ms", "0"]).is_err());
+        let tcp = parse(&[
+            "initiator",
+            "tcp",
+            "--join",
+            "127.0.0.1:7000",
+            "--certs",
+            "c",
+            "--write-timeout-ms",
+            "100",
+        ])
+        .expect("ok");
+        let Command::Initiator(InitiatorCommand::Tcp(args)) = tcp.command else {
+            panic!("tcp initiator expected");
+        };
+        assert_eq!(args.limits.write_timeout_ms, Some(100));
+        assert!(
+            parse(&[
+                "initiator",
+                "tcp",
+                "--join",
+                "127.0.0.1:7000",
+                "--certs",
+                "c",
+                "--min-body-rate",
+                "5"
+            ])
+            .is_err(),
+            "tcp reads no bodies"
         );
     }
 

@@ -3,13 +3,14 @@
 use std::io::Write;
 use std::time::Duration;
 
+use skynet::ListenerLimits;
 use skynet::initiator::file::{FileConfig, FileJob};
 use skynet::initiator::http::{HttpConfig, HttpInitiator};
 use skynet::initiator::tcp::{TcpConfig, TcpInitiator};
 use skynet::initiator::{MemoryBudget, RouteCaller};
 
 use crate::CliError;
-use crate::cli::{FileInitiatorArgs, InitiatorCommand};
+use crate::cli::{FileInitiatorArgs, InitiatorCommand, ListenerArgs};
 use crate::client;
 use crate::signals::Signals;
 
@@ -76,11 +77,18 @@ async fn serve(
     };
     match command {
         InitiatorCommand::Http(a) => {
-            let config = HttpConfig {
+            let mut config = HttpConfig {
                 form_route: a.route.clone(),
                 budget: budget(a.memory_budget_mib),
                 ..HttpConfig::default()
             };
+            a.limits.apply(&mut config.limits);
+            if let Some(ms) = a.body_timeout_ms {
+                config.limits.body_timeout = Duration::from_millis(ms);
+            }
+            if let Some(rate) = a.min_body_rate {
+                config.limits.min_body_rate = rate;
+            }
             let http = HttpInitiator::start(caller(a.deadline_ms), a.listen, config)
                 .await
                 .map_err(|e| CliError::Listen(a.listen, e))?;
@@ -90,11 +98,12 @@ async fn serve(
             stopped
         }
         InitiatorCommand::Tcp(a) => {
-            let config = TcpConfig {
+            let mut config = TcpConfig {
                 default_route: a.route.clone(),
                 budget: budget(a.memory_budget_mib),
                 ..TcpConfig::default()
             };
+            a.limits.apply(&mut config.limits);
             let tcp = TcpInitiator::start(caller(a.deadline_ms), a.listen, config)
                 .await
                 .map_err(|e| CliError::Listen(a.listen, e))?;
@@ -120,6 +129,29 @@ async fn serve(
             )
             .and_then(|()| out.flush())
             .map_err(CliError::Stdout)
+        }
+    }
+}
+
+impl ListenerArgs {
+    /// Sets the limits these flags give; the others keep the initiator's defaults.
+    fn apply(&self, limits: &mut ListenerLimits) {
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        if let Some(n) = self.max_connections {
+            limits.max_connections = count(n);
+        }
+        if let Some(n) = self.max_per_address {
+            limits.max_per_address = Some(count(n));
+        }
+        for (flag, field) in [
+            (self.head_timeout_ms, &mut limits.head_timeout),
+            (self.idle_timeout_ms, &mut limits.idle_timeout),
+            (self.write_timeout_ms, &mut limits.write_timeout),
+            (self.max_lifetime_ms, &mut limits.max_lifetime),
+        ] {
+            if let Some(ms) = flag {
+                *field = Duration::from_millis(ms);
+            }
         }
     }
 }
