@@ -277,7 +277,9 @@ async fn read_body(mut body: Incoming, config: &HttpConfig) -> Result<Body, Body
     // Bounded by the limit just checked, so the cast cannot truncate.
     let declared = declared as usize;
     let mut held = config.budget.reservation();
-    held.grow(declared).map_err(BodyError::OverBudget)?;
+    if let Err(e) = held.grow(declared) {
+        return Err(refuse_over_budget(body, limit, e).await);
+    }
     let mut reserved = declared;
     let mut bytes = BytesMut::with_capacity(declared);
     while let Some(frame) = body.frame().await {
@@ -290,12 +292,33 @@ async fn read_body(mut body: Incoming, config: &HttpConfig) -> Result<Body, Body
             return Err(BodyError::TooLarge);
         }
         if len > reserved {
-            held.grow(len - reserved).map_err(BodyError::OverBudget)?;
+            if let Err(e) = held.grow(len - reserved) {
+                drop((bytes, held));
+                return Err(refuse_over_budget(body, limit - len, e).await);
+            }
             reserved = len;
         }
         bytes.extend_from_slice(&data);
     }
     Ok(Body { bytes, held })
+}
+
+/// Reads what is left of a body over the budget (at most `limit` more bytes) without keeping
+/// it, so that the client, still sending, reads its 503 rather than a connection reset: a
+/// server that closes with unread bytes makes the kernel reset the connection, which can
+/// destroy the answer before the client reads it. The slots' body deadlines bound the time
+/// this may take; a body longer than `limit` is cut short and the connection closed.
+async fn refuse_over_budget(mut body: Incoming, limit: usize, e: OverBudget) -> BodyError {
+    let mut left = limit;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            match left.checked_sub(data.len()) {
+                Some(rest) => left = rest,
+                None => break,
+            }
+        }
+    }
+    BodyError::OverBudget(e)
 }
 
 fn status_of(failure: &Failure) -> StatusCode {
