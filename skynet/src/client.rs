@@ -329,7 +329,10 @@ impl ServiceClient {
                         call.answered();
                     }
                     // Refused before running (draining, or at its limit): safe anywhere.
-                    matches!(wire::parse_response(body), Ok((Status::Unavailable, _, _)))
+                    matches!(
+                        wire::parse_response(body),
+                        Ok((Status::Unavailable | Status::Stopping, _, _))
+                    )
                 }
                 Err(CallError::Unreachable { .. }) => {
                     self.node.eject(addr);
@@ -562,6 +565,7 @@ fn call_outcome<T, E>(result: &Result<T, CallError<E>>) -> &'static str {
         Err(CallError::NotFound { .. }) => "not_found",
         Err(CallError::Rejected { .. }) => "rejected",
         Err(CallError::Unavailable(_)) => "unavailable",
+        Err(CallError::Stopping(_)) => "stopping",
         Err(CallError::NoInstance { .. }) => "no_instance",
         Err(CallError::Internal(_)) => "internal",
         Err(CallError::Protocol(_)) => "protocol",
@@ -639,6 +643,7 @@ fn decode_reply<Resp: Wire, Err: Wire>(
         }),
         Status::Internal => Err(CallError::Internal(message())),
         Status::Unavailable => Err(CallError::Unavailable(message())),
+        Status::Stopping => Err(CallError::Stopping(message())),
     }
 }
 

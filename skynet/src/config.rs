@@ -34,6 +34,11 @@ pub struct RpcConfig {
     pub keep_alive: Duration,
     /// How long a graceful shutdown waits for running calls. Default 10 s.
     pub drain_timeout: Duration,
+    /// How long a graceful shutdown waits on the config store in all: marking the node's
+    /// instances unregistered, revoking its registration lease, stopping its store member.
+    /// What is not done by then is given up (and logged): a sick store cannot hold a stopping
+    /// node. Default 3 s.
+    pub shutdown_grace: Duration,
     /// Requests at least this large travel on a stream of their own, so that they do not hold
     /// up small calls behind them. Default 64 KiB.
     pub large_message: usize,
@@ -51,6 +56,7 @@ impl Default for RpcConfig {
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(3),
             large_message: 64 << 10,
             socket_buffer: 4 << 20,
         }
@@ -75,6 +81,9 @@ impl RpcConfig {
         }
         if self.keep_alive.is_zero() || self.keep_alive >= self.idle_timeout {
             return fail("keep_alive must be positive and below idle_timeout");
+        }
+        if self.shutdown_grace.is_zero() {
+            return fail("shutdown_grace must be positive");
         }
         if self.large_message == 0 {
             return fail("large_message must be positive");

@@ -61,10 +61,14 @@ pub enum CallError<E = ServiceError> {
         /// The version requirement, if the caller gave one.
         version: Option<String>,
     },
-    /// The node is shutting down or at its concurrency limit; the call did not run and may be
-    /// retried elsewhere.
+    /// The node is at its concurrency limit; the call did not run and may be retried
+    /// elsewhere.
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// The node is stopping: it refuses new calls from the moment its shutdown begins. The call
+    /// did not run and may be retried elsewhere; calls by name do so by themselves.
+    #[error("service stopping: {0}")]
+    Stopping(String),
     /// The handler panicked or its reply could not be encoded.
     #[error("handler failed: {0}")]
     Internal(String),
@@ -97,7 +101,7 @@ impl<E> CallError<E> {
     pub fn is_safe_to_retry(&self) -> bool {
         matches!(
             self,
-            CallError::Unreachable { .. } | CallError::Unavailable(_)
+            CallError::Unreachable { .. } | CallError::Unavailable(_) | CallError::Stopping(_)
         )
     }
 
@@ -113,6 +117,7 @@ impl<E> CallError<E> {
             CallError::NotFound { service, method } => CallError::NotFound { service, method },
             CallError::Rejected { reason, message } => CallError::Rejected { reason, message },
             CallError::Unavailable(m) => CallError::Unavailable(m),
+            CallError::Stopping(m) => CallError::Stopping(m),
             CallError::NoInstance { service, version } => {
                 CallError::NoInstance { service, version }
             }

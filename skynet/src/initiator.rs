@@ -298,7 +298,11 @@ impl Failure {
         let route = route.to_owned();
         match error {
             CallError::Service(failure) => Self::from_router(route, &failure),
-            CallError::NoInstance { .. } => Self::NoRouter { route },
+            // No router, or the ones there are stopping or full (a call by name tries every
+            // router before it says so).
+            CallError::NoInstance { .. } | CallError::Stopping(_) | CallError::Unavailable(_) => {
+                Self::NoRouter { route }
+            }
             CallError::DeadlineExceeded(_) => Self::Timeout { route },
             CallError::Rejected { message, .. } => Self::BadRequest { message },
             other => Self::Internal {

@@ -531,11 +531,15 @@ impl Node {
         });
     }
 
-    /// Stops gracefully: marks this node's instances unregistered (callers stop choosing
-    /// them) and waits the registration grace, refuses new connections and calls (callers see
-    /// `Unavailable` and go elsewhere), waits up to [`RpcConfig::drain_timeout`] for accepted
-    /// calls to finish and delivers their replies, revokes the registration lease, stops the
-    /// config store member (if any), then closes every connection. Idempotent.
+    /// Stops gracefully. From the first moment every new call to this node's services is
+    /// refused with [`CallError::Stopping`](crate::CallError::Stopping), which callers by name
+    /// retry on another instance at once; then it marks its instances unregistered (callers stop
+    /// choosing them) and waits the registration grace, waits up to
+    /// [`RpcConfig::drain_timeout`] for accepted calls to finish and delivers their replies,
+    /// revokes the registration lease, stops the config store member (if any), then closes every
+    /// connection. Everything that waits on the config store is bounded by
+    /// [`RpcConfig::shutdown_grace`] in all: a store that is down or sick costs a stopping node
+    /// that long at most, and what was given up is logged. Idempotent.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
         if inner
@@ -546,12 +550,22 @@ impl Node {
         {
             return;
         }
+        inner.server.inflight.stop();
+        let store_deadline = tokio::time::Instant::now() + inner.config.shutdown_grace;
         let registration = inner.registration.get();
         if let Some(registration) = registration {
-            if let Err(e) = registration.unregister_all().await {
-                tracing::warn!(error = %e, "could not mark instances unregistered");
+            let unregistered = bounded(
+                store_deadline,
+                "mark this node's instances unregistered",
+                async { registration.unregister_all().await },
+            )
+            .await;
+            if unregistered {
+                // Calls are refused already; the grace lets callers' registry views catch up
+                // before the endpoint closes, so that they stop choosing this node rather than
+                // find it gone.
+                tokio::time::sleep(inner.registration_config.grace).await;
             }
-            tokio::time::sleep(inner.registration_config.grace).await;
         }
         store::stop_polls(&inner.store);
         let Some(endpoint) = inner
@@ -562,7 +576,6 @@ impl Node {
         else {
             return;
         };
-        endpoint.set_server_config(None);
         let left = inner
             .server
             .inflight
@@ -571,13 +584,22 @@ impl Node {
         if left > 0 {
             tracing::warn!(left, "drain timeout passed with calls still running");
         }
-        if let Some(registration) = registration
-            && let Err(e) = registration.deregister().await
-        {
-            tracing::warn!(error = %e, "could not revoke the registration lease");
+        if let Some(registration) = registration {
+            bounded(store_deadline, "revoke the registration lease", async {
+                registration.deregister().await
+            })
+            .await;
         }
         inner.background.cancel();
-        store::shutdown(&inner.store).await;
+        if tokio::time::timeout_at(store_deadline, store::shutdown(&inner.store))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace = ?inner.config.shutdown_grace,
+                "gave up waiting for the config store member to stop: the shutdown grace passed"
+            );
+        }
         inner.server.closing.cancel();
         inner.server.writers.close();
         let _ = tokio::time::timeout(Duration::from_secs(3), inner.server.writers.wait()).await;
@@ -590,6 +612,29 @@ impl Node {
             admin.shutdown().await;
         }
         tracing::info!(name = %inner.name, "node stopped");
+    }
+}
+
+/// Runs a step of the shutdown that needs the config store until `deadline`; logs what was
+/// given up, and why. Returns whether the step was done.
+async fn bounded(
+    deadline: tokio::time::Instant,
+    what: &str,
+    step: impl std::future::Future<Output = Result<(), store::StoreError>>,
+) -> bool {
+    match tokio::time::timeout_at(deadline, step).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "stopping: could not {what}; gave up");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                "stopping: could not {what} within the shutdown grace (the config store does not \
+                 answer); gave up"
+            );
+            false
+        }
     }
 }
 

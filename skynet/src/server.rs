@@ -43,10 +43,15 @@ pub(crate) struct ServerState {
     pub(crate) writers: TaskTracker,
 }
 
-/// Counts accepted calls so a shutdown can wait for them, and refuses new ones once draining.
+/// Counts accepted calls so a shutdown can wait for them, and refuses new ones once stopping
+/// (calls to the node's own services) or draining (every call).
 #[derive(Default)]
 pub(crate) struct InFlight {
     count: AtomicUsize,
+    /// The shutdown has begun: calls to the node's services are refused, while the config
+    /// store's own services go on serving until the node drains (refusing them would cost the
+    /// cluster a member while this node still writes to it).
+    stopping: AtomicBool,
     draining: AtomicBool,
     idle: Notify,
 }
@@ -57,10 +62,17 @@ impl InFlight {
     /// Admits a call unless the node is draining. The increment comes before the check, and
     /// `drain` sets the flag before it reads the count (both SeqCst), so a call is either
     /// refused or counted: never accepted and missed.
-    fn enter(&self) -> Option<InFlightGuard<'_>> {
+    fn enter(&self, store_service: bool) -> Option<InFlightGuard<'_>> {
         self.count.fetch_add(1, Ordering::SeqCst);
         let guard = InFlightGuard(self);
-        (!self.draining.load(Ordering::SeqCst)).then_some(guard)
+        let refused = self.draining.load(Ordering::SeqCst)
+            || (!store_service && self.stopping.load(Ordering::SeqCst));
+        (!refused).then_some(guard)
+    }
+
+    /// Refuses every new call to the node's own services from now on (see `stopping`).
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
     /// Refuses new calls and waits until the accepted ones have finished or `limit` passes.
@@ -286,8 +298,9 @@ fn dispatch(
         let message = format!("no method {}.{} here", head.service, head.method);
         return replies.message(id, Status::NotFound, &message);
     };
-    let Some(guard) = state.inflight.enter() else {
-        return replies.message(id, Status::Unavailable, "node is shutting down");
+    let store_service = crate::store::is_store_service(head.service);
+    let Some(guard) = state.inflight.enter(store_service) else {
+        return replies.message(id, Status::Stopping, "the node is stopping");
     };
     if conn.running.fetch_add(1, Ordering::Relaxed) >= state.config.max_concurrent_calls {
         conn.running.fetch_sub(1, Ordering::Relaxed);

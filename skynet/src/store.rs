@@ -50,6 +50,11 @@ pub(crate) fn is_internal(service: &str) -> bool {
 pub(crate) const RAFT_SERVICE: &str = "skynet.raft";
 /// Name of the internal service running leader-only requests.
 pub(crate) const STORE_SERVICE: &str = "skynet.store";
+
+/// Whether `service` is one of the config store's own, served by a member until it stops.
+pub(crate) fn is_store_service(service: &str) -> bool {
+    service == RAFT_SERVICE || service == STORE_SERVICE
+}
 const EXECUTE: &str = "execute";
 const WATCH: &str = "watch";
 const NODE_ID_FILE: &str = "node-id";

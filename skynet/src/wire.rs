@@ -284,9 +284,12 @@ pub enum Status {
     TooLarge,
     /// The handler panicked or the reply could not be encoded; UTF-8 message.
     Internal,
-    /// The node is shutting down or over its concurrency limit; the call was not run; UTF-8
-    /// message. Safe to retry elsewhere.
+    /// The node is over its concurrency limit; the call was not run; UTF-8 message. Safe to
+    /// retry elsewhere.
     Unavailable,
+    /// The node is stopping: it refuses every new call to its services from the moment its
+    /// shutdown begins; the call was not run; UTF-8 message. Safe to retry elsewhere.
+    Stopping,
 }
 
 impl Status {
@@ -300,6 +303,7 @@ impl Status {
             Status::TooLarge => 5,
             Status::Internal => 6,
             Status::Unavailable => 7,
+            Status::Stopping => 8,
         }
     }
 
@@ -313,6 +317,7 @@ impl Status {
             5 => Status::TooLarge,
             6 => Status::Internal,
             7 => Status::Unavailable,
+            8 => Status::Stopping,
             _ => return None,
         })
     }

@@ -257,3 +257,84 @@ async fn graceful_shutdown_under_load_fails_no_call_and_the_last_leaves_no_insta
     cluster.seed.shutdown().await;
     Ok(())
 }
+
+/// Stopping with the config store down: the node refuses new calls at once with the typed
+/// `Stopping` error (not an answer, not a timeout), finishes the call it had accepted, and is
+/// done within its shutdown grace instead of waiting out the store's timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_store_is_down_refuses_calls_at_once_and_stops_within_its_grace() -> TestResult
+{
+    let cluster = Cluster::new().await?;
+    let grace = Duration::from_secs(1);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = gate.clone();
+    let service = ServiceDef::builder("slow", "1.0.0")
+        .method("who", |_, _: ()| async {
+            Ok::<_, ServiceError>("svc".to_owned())
+        })
+        .method("hold", move |_, _: ()| {
+            let gate = held.clone();
+            async move {
+                let _pass = gate.acquire().await;
+                Ok::<_, ServiceError>("held".to_owned())
+            }
+        });
+    let node = cluster
+        .builder("svc")
+        .config(RpcConfig {
+            shutdown_grace: grace,
+            ..Default::default()
+        })
+        .service(service)
+        .start()
+        .await?;
+    let caller = cluster.caller().await?;
+    let at = |method: &'static str| {
+        let client = caller
+            .client("slow")
+            .at(node.local_addr())
+            .with_deadline(WAIT);
+        async move { client.call::<(), String, ServiceError>(method, ()).await }
+    };
+    assert_eq!(at("who").await?, "svc");
+    // A call the node has accepted when it starts to stop, which it must finish.
+    let accepted = tokio::spawn(at("hold"));
+
+    // The store goes away, then the node stops.
+    cluster.seed.shutdown().await;
+    let stopping = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            node.shutdown().await;
+            started.elapsed()
+        })
+    };
+    // Each call answered normally means the shutdown has not begun yet; the first refusal
+    // must be the typed one.
+    let mut answered = 0;
+    let refusal = loop {
+        match at("who").await {
+            Ok(_) if answered < 10_000 => answered += 1,
+            Ok(_) => anyhow::bail!("still answering after {answered} calls"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(refusal, CallError::Stopping(_)),
+        "a stopping node refused with {refusal:?}"
+    );
+    assert!(refusal.is_safe_to_retry());
+
+    gate.add_permits(1);
+    assert_eq!(accepted.await??, "held", "the accepted call is finished");
+    let took = stopping.await?;
+    println!("stopped in {took:?} with the store down (grace {grace:?})");
+    // The old shutdown waited out two store timeouts of 10 s each.
+    assert!(
+        took < grace + Duration::from_secs(3),
+        "the shutdown took {took:?} with a grace of {grace:?}"
+    );
+    caller.shutdown().await;
+    Ok(())
+}

@@ -147,7 +147,8 @@ impl HopError {
             CallError::NoInstance { .. } => (FailureKind::NoInstance, false),
             CallError::Unreachable { .. }
             | CallError::ConnectionLost { .. }
-            | CallError::Unavailable(_) => (FailureKind::Unavailable, true),
+            | CallError::Unavailable(_)
+            | CallError::Stopping(_) => (FailureKind::Unavailable, true),
             CallError::DeadlineExceeded(_) => (FailureKind::Deadline, false),
             // The service refused the request before running it: the value does not decode
             // as the method's request type. (A reply that does not decode is a `Protocol`
