@@ -366,9 +366,14 @@ pub struct RegistrationConfig {
     /// Time-to-live of the node's lease: an instance whose node dies leaves the registry about
     /// this long after its last keep-alive. Keep-alives go out every third of it.
     pub ttl: Duration,
-    /// After deregistering at shutdown, how long the node keeps serving new calls (refusing
-    /// none) so that callers whose view has not caught up yet are not refused.
+    /// After marking its instances unregistered at shutdown, how long the node waits before it
+    /// closes its endpoint, refusing new calls with `Stopping` meanwhile, so that callers whose
+    /// view has not caught up yet meet a refusal they retry rather than a closed endpoint.
     pub grace: Duration,
+    /// How long a starting node keeps trying to register its services while the store is
+    /// unreachable, slow or between leaders, before its start fails saying what it waited for.
+    /// Default 30 s.
+    pub start_timeout: Duration,
 }
 
 impl Default for RegistrationConfig {
@@ -377,6 +382,7 @@ impl Default for RegistrationConfig {
         Self {
             ttl: Duration::from_millis(1500),
             grace: Duration::from_millis(250),
+            start_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -404,7 +410,14 @@ impl Registration {
             lease: Mutex::new(None),
             stop: CancellationToken::new(),
         });
-        registration.register_all().await?;
+        // Each attempt grants a fresh lease and writes every record again, so an attempt whose
+        // outcome is unknown is settled by the next one: a lease granted but never told of
+        // expires after its TTL, and records written twice are the same records.
+        let deadline = tokio::time::Instant::now() + registration.config.start_timeout;
+        until_done("register this node's services", deadline, || {
+            registration.register_all()
+        })
+        .await?;
         tokio::spawn(registration.clone().keep_alive());
         Ok(registration)
     }
@@ -514,6 +527,57 @@ impl Registration {
     }
 }
 
+/// Runs `step` until it succeeds, retrying with backoff (50 ms doubling to 2 s, with jitter)
+/// while it fails in a way that may pass, until `deadline`; then fails with the last error and
+/// what it was waiting for.
+async fn until_done<T, Fut>(
+    what: &str,
+    deadline: tokio::time::Instant,
+    mut step: impl FnMut() -> Fut,
+) -> Result<T, StoreError>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    let mut attempt = 0u32;
+    loop {
+        attempt = attempt.saturating_add(1);
+        let error = match tokio::time::timeout_at(deadline, step()).await {
+            Ok(Ok(done)) => return Ok(done),
+            Ok(Err(e)) if !may_pass(&e) => return Err(e),
+            Ok(Err(e)) => e,
+            Err(_) => StoreError::Timeout("no answer".to_owned()),
+        };
+        let now = tokio::time::Instant::now();
+        if now + pause >= deadline {
+            return Err(StoreError::Timeout(format!(
+                "could not {what} in {:?} ({attempt} attempts); last error: {error}",
+                now - started
+            )));
+        }
+        tracing::warn!(%error, attempt, "could not {what} yet; retrying");
+        let jitter = Duration::from_micros(crate::balance::random() % 1000 * 10);
+        tokio::time::sleep(pause + jitter).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Whether a store failure may pass by itself: the store is unreachable, slow, between leaders,
+/// or the outcome of a write is unknown (the lease and the records are written afresh by the
+/// next attempt, so that is settled by retrying), or the lease of a slow attempt expired.
+fn may_pass(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Unreachable(_)
+            | StoreError::Timeout(_)
+            | StoreError::Indeterminate(_)
+            | StoreError::Remote(_)
+            | StoreError::Lease(_)
+            | StoreError::Rejected(_)
+    )
+}
+
 fn put_op(record: &Instance, lease: LeaseId) -> Result<Op, StoreError> {
     let value = serde_json::to_vec(record)
         .map_err(|e| StoreError::Rejected(format!("instance record: {e}")))?;
@@ -528,6 +592,50 @@ fn put_op(record: &Instance, lease: LeaseId) -> Result<Op, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn start_up_retries_what_may_pass_until_its_deadline() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // An unknown outcome, an unreachable store and a slow one pass: retried until done.
+        let mut failures = vec![
+            StoreError::Indeterminate("127.0.0.1:7002 stopped answering".into()),
+            StoreError::Unreachable("connection refused".into()),
+            StoreError::Timeout("no leader".into()),
+        ];
+        let mut calls = 0;
+        let done = until_done("register", deadline, || {
+            calls += 1;
+            let outcome = failures.pop().map_or(Ok(calls), Err);
+            async move { outcome }
+        })
+        .await;
+        assert_eq!(done.expect("done once the store answers"), 4);
+
+        // What cannot pass by itself is not retried.
+        let mut calls = 0;
+        let refused = until_done("register", deadline, || {
+            calls += 1;
+            async { Err::<(), _>(StoreError::Config("bad".into())) }
+        })
+        .await;
+        assert!(matches!(refused, Err(StoreError::Config(_))));
+        assert_eq!(calls, 1);
+
+        // A store that never comes back: the start fails at the deadline, saying what it waited
+        // for and why.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let never = until_done("register this node's services", deadline, || async {
+            Err::<(), _>(StoreError::Unreachable("connection refused".into()))
+        })
+        .await;
+        let message = never.expect_err("gives up").to_string();
+        assert!(
+            message.contains("could not register this node's services")
+                && message.contains("connection refused"),
+            "{message}"
+        );
+        assert!(tokio::time::Instant::now() <= deadline);
+    }
 
     fn instance(service: &str, port: u16) -> Instance {
         Instance {

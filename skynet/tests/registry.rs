@@ -338,3 +338,66 @@ async fn a_node_whose_store_is_down_refuses_calls_at_once_and_stops_within_its_g
     caller.shutdown().await;
     Ok(())
 }
+
+/// Start-up rides out a store that is briefly away: a node whose registration cannot reach the
+/// store keeps trying (with backoff, within `RegistrationConfig::start_timeout`) instead of
+/// failing at the first error, and starts once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_once_a_store_that_was_away_at_its_start_comes_back() -> TestResult {
+    let credentials = tempfile::tempdir()?;
+    let data = tempfile::tempdir()?;
+    let member = |bind: SocketAddr| {
+        Node::builder()
+            .name("seed")
+            .bind(bind)
+            .development_credentials(credentials.path())
+            .store(StoreConfig::bootstrap(data.path().join("seed")))
+            .start()
+    };
+    let seed = member(([127, 0, 0, 1], 0).into()).await?;
+    let seed_addr = seed.local_addr();
+    seed.shutdown().await;
+
+    // Each store request gives up after 300 ms, so a start that does not retry fails at once.
+    let echo = ServiceDef::builder("echo", "1.0.0").method("who", |_, _: ()| async {
+        Ok::<_, ServiceError>("late".to_owned())
+    });
+    let mut starting = tokio::spawn(
+        Node::builder()
+            .name("late")
+            .development_credentials(credentials.path())
+            .config(RpcConfig {
+                connect_timeout: Duration::from_millis(200),
+                ..Default::default()
+            })
+            .store(StoreConfig::client(vec![seed_addr]).timeout(Duration::from_millis(300)))
+            .service(echo)
+            .start(),
+    );
+    // Many store timeouts later, the node is still starting, not failed.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), &mut starting)
+            .await
+            .is_err(),
+        "the start ended while the store was away"
+    );
+
+    let seed = member(seed_addr).await?;
+    let node = tokio::time::timeout(WAIT, starting).await???;
+    let caller = Node::builder()
+        .name("caller")
+        .development_credentials(credentials.path())
+        .store(StoreConfig::client(vec![seed_addr]))
+        .start()
+        .await?;
+    caller
+        .registry()
+        .ok_or_else(|| anyhow::anyhow!("no registry"))?
+        .wait_for(WAIT, |s| !s.instances("echo").is_empty())
+        .await
+        .ok_or_else(|| anyhow::anyhow!("the late node never registered"))?;
+    caller.shutdown().await;
+    node.shutdown().await;
+    seed.shutdown().await;
+    Ok(())
+}
