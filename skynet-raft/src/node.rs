@@ -226,6 +226,8 @@ pub struct NodeMetrics {
     pub snapshot: Option<u64>,
     /// Last log index purged from this member's log.
     pub purged: Option<u64>,
+    /// The address of every member of the effective configuration, voter or learner.
+    pub addrs: BTreeMap<NodeId, String>,
 }
 
 impl NodeMetrics {
@@ -245,6 +247,12 @@ impl NodeMetrics {
             }),
             snapshot: m.snapshot.map(|l| l.index),
             purged: m.purged.map(|l| l.index),
+            addrs: m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect(),
         }
     }
 }

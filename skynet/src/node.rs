@@ -443,6 +443,7 @@ impl Node {
             return Ok(());
         };
         let inner = &self.inner;
+        store::learn_members(store.clone(), inner.background.clone());
         let view = registry::start_view(store.clone(), inner.background.clone());
         let _ = inner.registry.set(view.clone());
         let weak = self.downgrade();

@@ -17,7 +17,7 @@
 //! openraft types never appear here; the key-value types ([`KeyValue`], [`Event`], [`Txn`], ...)
 //! are skynet-raft's plain serde types.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -699,6 +699,9 @@ pub(crate) async fn shutdown(cell: &StoreCell) {
 /// A client node's way to the store: the seeds, and the member that answered last.
 pub(crate) struct ClientShared {
     config: StoreConfig,
+    /// The members the store named (beyond the seeds), refreshed by [`learn_members`]: a
+    /// client whose seeds are gone still finds the cluster through them.
+    learned: std::sync::Mutex<Vec<SocketAddr>>,
     /// The member that answered the last request (the leader, for requests only it serves):
     /// tried first. Cleared when it fails.
     preferred: std::sync::Mutex<Option<SocketAddr>>,
@@ -713,6 +716,7 @@ impl ClientShared {
         let start = usize::try_from(random_u64() % config.seeds.len().max(1) as u64).unwrap_or(0);
         Arc::new(Self {
             config,
+            learned: std::sync::Mutex::default(),
             preferred: std::sync::Mutex::new(None),
             start,
             suspects: std::sync::Mutex::default(),
@@ -775,26 +779,88 @@ impl ClientShared {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = addr;
     }
 
-    /// Whether attempt `round` completed a pass over every seed.
-    fn asked_every_seed(&self, round: usize) -> bool {
-        (round + 1).is_multiple_of(self.config.seeds.len())
+    /// The members to ask: the seeds, then the members the store named that are not seeds.
+    fn candidates(&self) -> Vec<SocketAddr> {
+        let learned = self
+            .learned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all = self.config.seeds.clone();
+        all.extend(learned.iter().filter(|a| !self.config.seeds.contains(a)));
+        all
     }
 
-    /// The member to try first in attempt `round`: the preferred one, then the seeds in turn,
-    /// skipping suspects unless every seed is one.
+    /// Takes the members a member named as the ones to fall back on.
+    fn learn(&self, status: &StoreStatus) {
+        let members: Vec<SocketAddr> = status
+            .addrs
+            .values()
+            .filter_map(|addr| addr.parse().ok())
+            .collect();
+        if !members.is_empty() {
+            *self
+                .learned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = members;
+        }
+    }
+
+    /// Whether attempt `round` completed a pass over every member to ask.
+    fn asked_every_seed(&self, round: usize) -> bool {
+        (round + 1).is_multiple_of(self.candidates().len().max(1))
+    }
+
+    /// The member to try first in attempt `round`: the preferred one, then the seeds and the
+    /// members learned from the store in turn, skipping suspects unless every one is.
     fn target(&self, round: usize) -> SocketAddr {
         if round == 0
             && let Some(addr) = self.preferred()
         {
             return addr;
         }
-        let seeds = &self.config.seeds;
-        let nth = |i: usize| seeds[(self.start + round + i) % seeds.len()];
-        (0..seeds.len())
+        let candidates = self.candidates();
+        let nth = |i: usize| candidates[(self.start + round + i) % candidates.len()];
+        (0..candidates.len())
             .map(nth)
             .find(|addr| !self.is_suspect(*addr))
             .unwrap_or_else(|| nth(0))
     }
+}
+
+/// How often a store client asks for the cluster's members.
+const MEMBERS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Keeps a store client's list of members current until `stop`: at once, then every
+/// [`MEMBERS_REFRESH`] (sooner after a failure), it asks a member for the members it knows, so
+/// that a client started with one seed still finds the cluster when that seed dies.
+pub(crate) fn learn_members(store: Store, stop: tokio_util::sync::CancellationToken) {
+    let Backend::Client(client) = &store.backend else {
+        return;
+    };
+    let client = client.clone();
+    tokio::spawn(async move {
+        let mut round = 0;
+        loop {
+            let target = client.target(round);
+            let pause = match store
+                .remote(target, Request::Status, store.config().timeout)
+                .await
+            {
+                Ok(Reply::Status(status)) => {
+                    client.learn(&status);
+                    MEMBERS_REFRESH
+                }
+                _ => {
+                    round += 1;
+                    MEMBERS_REFRESH / 5
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    });
 }
 
 /// Where a [`Store`] sends its requests.
@@ -847,6 +913,8 @@ pub struct StoreStatus {
     pub learners: BTreeSet<u64>,
     /// Index of the last log entry this member has applied: how far it has caught up.
     pub last_applied: Option<u64>,
+    /// Where every member (voter or learner) is reached, as this member knows it.
+    pub addrs: BTreeMap<u64, String>,
 }
 
 impl StoreStatus {
@@ -858,6 +926,7 @@ impl StoreStatus {
             voters: m.voters.clone(),
             learners: m.learners.clone(),
             last_applied: m.last_applied,
+            addrs: m.addrs.clone(),
         }
     }
 }
@@ -1209,6 +1278,16 @@ impl Store {
     pub fn status(&self) -> Option<StoreStatus> {
         let shared = self.replica("a status").ok()?;
         Some(StoreStatus::from_metrics(&shared.raft.metrics()))
+    }
+
+    /// The members this handle asks, in the order it tries them: on a member, itself; on a
+    /// client, its seeds, then the members the store named (learned at start and every few
+    /// seconds), so that a client whose seeds are gone still reaches the cluster.
+    pub fn known_members(&self) -> Vec<SocketAddr> {
+        match &self.backend {
+            Backend::Member(_) => vec![self.node.local_addr()],
+            Backend::Client(client) => client.candidates(),
+        }
     }
 
     /// Asks the member at `member` for its own view of the cluster: its id, the leader it

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use skynet::store::EventKind;
-use skynet::{Node, RpcConfig, Store, StoreConfig, StoreError};
+use skynet::{Node, RpcConfig, ServiceDef, ServiceError, Store, StoreConfig, StoreError};
 use tokio::sync::mpsc;
 
 type TestResult = anyhow::Result<()>;
@@ -1091,5 +1091,69 @@ async fn a_partitioned_minority_cannot_commit_and_the_majority_can() -> TestResu
     client.shutdown().await;
     drop(members);
     drop(net);
+    Ok(())
+}
+
+/// A client given one seed learns the other members from the store: when that seed, the
+/// leader, is killed, the client's writes and its registration carry on through the others
+/// instead of stranding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_started_with_one_seed_outlives_that_member() -> TestResult {
+    let cluster = Cluster::new(3);
+    let mut members = cluster.start_all(&["a", "b", "c"]).await?;
+    let (observer, observed) = cluster.client(addrs(&members)).await?;
+    let leader_id = leader(&observed, &members.iter().collect::<Vec<_>>(), |_| true).await?;
+    let seed = by_id(&members, leader_id).addr;
+
+    let echo = ServiceDef::builder("echo", "1.0.0")
+        .method("who", |_, _: ()| async { Ok::<_, ServiceError>(()) });
+    let node = Node::builder()
+        .name("one-seed")
+        .development_credentials(cluster.certs())
+        .config(RpcConfig {
+            connect_timeout: Duration::from_millis(500),
+            ..Default::default()
+        })
+        .store(StoreConfig::client(vec![seed]).timeout(WAIT))
+        .service(echo)
+        .start()
+        .await?;
+    let store = node.store().context("a store")?;
+    let everyone: BTreeSet<SocketAddr> = addrs(&members).into_iter().collect();
+    let learned = async {
+        // The client asks for the members at start: a state to look at, not an event.
+        while store.known_members().into_iter().collect::<BTreeSet<_>>() != everyone {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, learned)
+        .await
+        .context("the client never learned the members")?;
+
+    // Its one seed, the leader, dies.
+    let index = members
+        .iter()
+        .position(|m| m.id == leader_id)
+        .context("leader")?;
+    observed.put("before", b"written".to_vec()).await?;
+    members[index].proc.kill9();
+    // A linearizable read, which only a leader answers: one of the others, once elected.
+    assert_eq!(
+        store.get("before").await?.map(|kv| kv.value).as_deref(),
+        Some(&b"written"[..])
+    );
+    // Its registration lease is kept alive through the others: the instance is still there
+    // well past the lease's TTL (1.5 s).
+    let registry = observer.registry().context("registry")?;
+    registry
+        .wait_for(WAIT, |s| s.instances("echo").len() == 1)
+        .await
+        .context("the instance is registered")?;
+    let left = registry
+        .wait_for(Duration::from_secs(4), |s| s.instances("echo").is_empty())
+        .await;
+    assert!(left.is_none(), "the client's instance left the registry");
+    node.shutdown().await;
+    observer.shutdown().await;
     Ok(())
 }

@@ -298,6 +298,7 @@ mod tests {
             replication: Some([(2, Some(1000)), (3, Some(10)), (4, Some(990)), (5, None)].into()),
             snapshot: None,
             purged: None,
+            addrs: std::collections::BTreeMap::new(),
         };
         let v = View::on_leader(&m, &health, 3, Instant::now());
         assert_eq!(v.healthy, set(&[1, 2, 4]));
