@@ -299,13 +299,24 @@ impl ServiceClient {
                 Choice::Chosen(chosen) => chosen,
                 Choice::NoInstance => return Err(self.no_instance()),
                 Choice::NotLoaded => {
+                    // Waits for the registry's first read; if that fails, the call fails with
+                    // its cause (the store is unreachable, and from where) rather than wait out
+                    // its deadline knowing nothing.
                     let remaining = until.saturating_duration_since(now);
-                    if registry
-                        .wait_for(remaining, RegistrySnapshot::is_loaded)
-                        .await
-                        .is_none()
-                    {
-                        return Err(CallError::DeadlineExceeded(deadline));
+                    let settled = registry
+                        .wait_for(remaining, |s| s.is_loaded() || s.unreadable().is_some())
+                        .await;
+                    match settled.as_deref().and_then(RegistrySnapshot::unreadable) {
+                        Some(why) => {
+                            return Err(CallError::Unreachable {
+                                target: self.service.to_string(),
+                                reason: format!("the registry cannot read the config store: {why}"),
+                            });
+                        }
+                        None if settled.is_none() => {
+                            return Err(CallError::DeadlineExceeded(deadline));
+                        }
+                        None => {}
                     }
                     now = Instant::now();
                     continue;

@@ -76,6 +76,8 @@ fn instance_key(service: &str, addr: SocketAddr) -> String {
 pub struct RegistrySnapshot {
     /// Whether this snapshot comes from the store (the view's first read has finished).
     loaded: bool,
+    /// Before the first read succeeded: why the last one failed.
+    unreadable: Option<Arc<str>>,
     revision: Revision,
     by_key: BTreeMap<String, Instance>,
     by_service: HashMap<String, Arc<[Instance]>>,
@@ -91,6 +93,13 @@ impl RegistrySnapshot {
     /// has before its first read finishes.
     pub fn is_loaded(&self) -> bool {
         self.loaded
+    }
+
+    /// Why the view could not read the store yet: `Some` only while it has never read it, once
+    /// an attempt has failed (the store's own timeout and retries spent), with the store's
+    /// error (which members were tried, and what happened).
+    pub fn unreadable(&self) -> Option<&str> {
+        self.unreadable.as_deref()
     }
 
     /// Every instance of `service`, registered or not, ordered by key.
@@ -291,6 +300,14 @@ async fn follow(
             Ok(snapshot) => snapshot,
             Err(e) => {
                 tracing::warn!(error = %e, "registry view cannot read the store; retrying");
+                if !tx.borrow().loaded {
+                    // Callers waiting for a first view fail with the cause now rather than at
+                    // their deadline; a loaded view is kept, stale but usable.
+                    publish(&RegistrySnapshot {
+                        unreadable: Some(Arc::from(e.to_string())),
+                        ..RegistrySnapshot::default()
+                    });
+                }
                 tokio::time::sleep(RESYNC_PAUSE).await;
                 continue;
             }

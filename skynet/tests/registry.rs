@@ -401,3 +401,49 @@ async fn a_node_starts_once_a_store_that_was_away_at_its_start_comes_back() -> T
     seed.shutdown().await;
     Ok(())
 }
+
+/// A node whose seeds are all dead: a call by name fails with the cause, the store being
+/// unreachable, once the registry's first read has failed, instead of waiting out the call's
+/// deadline and saying only that it passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_by_name_without_a_store_names_the_cause_before_its_deadline() -> TestResult {
+    let credentials = tempfile::tempdir()?;
+    let gone = Node::builder()
+        .name("gone")
+        .development_credentials(credentials.path())
+        .start()
+        .await?;
+    let dead_seed = gone.local_addr();
+    gone.shutdown().await;
+
+    let caller = Node::builder()
+        .name("stranded")
+        .development_credentials(credentials.path())
+        .config(RpcConfig {
+            connect_timeout: Duration::from_millis(200),
+            ..Default::default()
+        })
+        .store(StoreConfig::client(vec![dead_seed]).timeout(Duration::from_millis(500)))
+        .start()
+        .await?;
+    let deadline = Duration::from_secs(60);
+    let client = caller.client("echo").with_deadline(deadline);
+    let call = client.call::<(), String, ServiceError>("who", ());
+    let error = tokio::time::timeout(WAIT, call)
+        .await
+        .map_err(|_| anyhow::anyhow!("the call waited for its deadline"))?
+        .expect_err("no store, no instance");
+    match &error {
+        CallError::Unreachable { target, reason } => {
+            assert_eq!(target, "echo");
+            assert!(
+                reason.contains("the registry cannot read the config store"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected the store's cause, got {other:?}"),
+    }
+    println!("{error}");
+    caller.shutdown().await;
+    Ok(())
+}
