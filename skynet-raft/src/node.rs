@@ -591,6 +591,23 @@ impl RaftNode {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// The address the cluster's membership records for this member, if it is a member. Read
+    /// from Raft's own state, so it is right from the start: the metrics are published a
+    /// moment after the member starts.
+    pub async fn recorded_addr(&self) -> Result<Option<String>, RaftNodeError> {
+        let id = self.id;
+        self.raft
+            .with_raft_state(move |state| {
+                state
+                    .membership_state
+                    .effective()
+                    .get_node(&id)
+                    .map(|node| node.addr.clone())
+            })
+            .await
+            .map_err(RaftNodeError::stopped)
+    }
+
     /// The address of the leader this member follows (or is), if it knows one.
     pub fn leader_addr(&self) -> Option<String> {
         let m = self.raft.metrics();

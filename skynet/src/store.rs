@@ -637,6 +637,20 @@ pub(crate) async fn start(
     )
     .await
     .map_err(StoreError::from_raft)?;
+    // A member the cluster knows under another address would be cut off here: nobody sends to
+    // this one, and it would campaign without end and, once heard, depose a healthy leader.
+    // It refuses to start before its first election timeout, saying why.
+    let addr = node.local_addr().to_string();
+    let recorded = raft.recorded_addr().await.map_err(StoreError::from_raft)?;
+    if let Some(recorded) = recorded.filter(|r| *r != addr) {
+        let _ = raft.shutdown().await;
+        return Err(StoreError::Membership(format!(
+            "this member (id {id}) is in the cluster's membership at {recorded}, but started at \
+             {addr}: the other members would never reach it here. Start it at {recorded} \
+             again, or remove it from the cluster (Store::remove_member) and let it join anew \
+             with an empty data directory"
+        )));
+    }
     let shared = Arc::new(StoreShared {
         raft,
         config,
@@ -648,7 +662,6 @@ pub(crate) async fn start(
         return Err(StoreError::Config("the store was started twice".into()));
     }
     let store = Store::member(shared.clone(), node.clone());
-    let addr = node.local_addr().to_string();
     if shared.config.bootstrap {
         shared
             .raft

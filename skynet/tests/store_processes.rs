@@ -1157,3 +1157,44 @@ async fn a_client_started_with_one_seed_outlives_that_member() -> TestResult {
     observer.shutdown().await;
     Ok(())
 }
+
+/// A voter restarted on another address (its old port taken, say) would be cut off: the others
+/// send to its recorded address, and it would campaign without end and later depose a healthy
+/// leader. It refuses to start instead, saying why, and the cluster goes on undisturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarted_on_another_address_refuses_to_start_and_says_why() -> TestResult {
+    let cluster = Cluster::new(3);
+    let mut members = cluster.start_all(&["a", "b", "c"]).await?;
+    let (client, store) = cluster.client(addrs(&members[..2])).await?;
+    let old = members[2].addr;
+    let status = members[2].proc.terminate().await?;
+    assert!(status.success(), "c stopped: {status}");
+    let term = store.member_status(members[0].addr).await?.term;
+
+    // The same data directory, another port.
+    let mut again = cluster.spawn("c", &[], 0)?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let exit = loop {
+        if let Some(status) = again.child.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the member started on a new address: {}",
+            std::fs::read_to_string(&again.log).unwrap_or_default()
+        );
+        // Polling the exit status: std has no async wait for a child.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!exit.success(), "exit status {exit}");
+    let log = std::fs::read_to_string(&again.log)?;
+    assert!(
+        log.contains(&format!("is in the cluster's membership at {old}")),
+        "the refusal does not say why: {log}"
+    );
+    // The others were not disturbed: same term, and writes go on.
+    store.put("k", b"v".to_vec()).await?;
+    assert_eq!(store.member_status(members[0].addr).await?.term, term);
+    client.shutdown().await;
+    Ok(())
+}
