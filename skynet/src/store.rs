@@ -840,6 +840,36 @@ impl ClientShared {
     }
 }
 
+/// The error of a request whose every attempt failed: the most telling failure, with the
+/// members asked and for how long.
+fn attempts_failed(
+    cause: Option<StoreError>,
+    asked: &[SocketAddr],
+    timeout: Duration,
+) -> StoreError {
+    let asked = match asked {
+        [] => String::new(),
+        addrs => format!(
+            "; asked {}",
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    match cause {
+        Some(StoreError::Unreachable(reason)) => {
+            StoreError::Unreachable(format!("{reason} (for {timeout:?}{asked})"))
+        }
+        Some(StoreError::Timeout(reason)) => {
+            StoreError::Timeout(format!("{reason} (for {timeout:?}{asked})"))
+        }
+        Some(other) => other,
+        None => StoreError::Timeout(format!("no attempt within {timeout:?}")),
+    }
+}
+
 /// How often a store client asks for the cluster's members.
 const MEMBERS_REFRESH: Duration = Duration::from_secs(5);
 
@@ -996,11 +1026,19 @@ impl Store {
     async fn execute(&self, req: Request, timeout: Duration) -> Result<Reply, StoreError> {
         let deadline = Instant::now() + timeout;
         let mut round = 0;
+        // What the attempts met, for the error if none succeeds: the members asked, and the
+        // most telling failure (an attempt that only ran out of the time left says less than
+        // the connection failures before it).
+        let mut asked: Vec<SocketAddr> = Vec::new();
+        let mut cause: Option<StoreError> = None;
         loop {
             let first = match &self.backend {
                 Backend::Member(_) => None,
                 Backend::Client(client) => Some(client.target(round)),
             };
+            if let Some(addr) = first.filter(|a| !asked.contains(a)) {
+                asked.push(addr);
+            }
             let last = match self.follow(first, &req, deadline).await {
                 Ok(reply) => return Ok(reply),
                 Err(Refusal::Failed(e)) => return Err(e),
@@ -1008,9 +1046,12 @@ impl Store {
                 Err(Refusal::NotReady(reason)) => StoreError::Timeout(reason),
                 Err(Refusal::Unreachable(reason)) => StoreError::Unreachable(reason),
             };
+            if cause.is_none() || !matches!(last, StoreError::Timeout(_)) {
+                cause = Some(last);
+            }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(last);
+                return Err(attempts_failed(cause, &asked, timeout));
             }
             self.pause(round, remaining.min(LEADER_POLL)).await;
             round += 1;
@@ -1048,7 +1089,7 @@ impl Store {
         for _ in 0..MAX_HOPS {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(Refusal::NotReady("the request timed out".into()));
+                return Err(Refusal::NotReady("no answer in time".into()));
             }
             let result = match (target, &self.backend) {
                 (None, Backend::Member(shared)) => {
@@ -1156,9 +1197,9 @@ impl Store {
                 self.suspect(addr);
                 Refusal::Unreachable(e.to_string())
             }
-            CallError::DeadlineExceeded(d) => {
-                Refusal::Failed(StoreError::Timeout(format!("forwarded call took {d:?}")))
-            }
+            CallError::DeadlineExceeded(d) => Refusal::Failed(StoreError::Timeout(format!(
+                "{addr} gave no answer within {d:?}"
+            ))),
             CallError::ConnectionLost { reason, .. } => {
                 self.suspect(addr);
                 lost(reason)

@@ -440,6 +440,8 @@ async fn a_call_by_name_without_a_store_names_the_cause_before_its_deadline() ->
                 reason.contains("the registry cannot read the config store"),
                 "{reason}"
             );
+            // The store's error names the member it asked.
+            assert!(reason.contains(&dead_seed.to_string()), "{reason}");
         }
         other => panic!("expected the store's cause, got {other:?}"),
     }
