@@ -58,7 +58,10 @@ pub fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // Members run in this process: quiet openraft's lines for every request to a dead one.
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                format!("warn,{}", skynet::store::RECOMMENDED_LOG_FILTER).into()
+            }),
         )
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -67,6 +67,7 @@ pub mod state;
 mod storage;
 
 pub use network::{
-    BadRequest, MemTransport, NodeId, RpcHandler, RpcKind, Transport, TransportError,
+    BadRequest, MemTransport, NodeId, RECOMMENDED_LOG_DIRECTIVES, RpcHandler, RpcKind, Transport,
+    TransportError,
 };
 pub use node::{NodeMetrics, RaftConfig, RaftNode, RaftNodeError, Watcher};

@@ -8,17 +8,32 @@
 //!
 //! [`MemTransport`] is the in-memory implementation used by tests: it calls the target's handler
 //! directly, and a node that is not registered is unreachable.
+//!
+//! # Peers that stop answering
+//!
+//! This layer, not openraft, reports peers that fail: a warning once a peer's requests have failed
+//! for a second, a summary at most every 30 s while they go on, one line when it answers again,
+//! and each failed request at debug (see [`outage`]). Two things keep openraft quiet meanwhile:
+//!
+//! - Each request gets its own deadline just before openraft's, so this layer sees the requests
+//!   that get no answer instead of openraft dropping them. Once a peer's requests have failed for
+//!   a second, its failures go to openraft as [`Unreachable`], upon which openraft waits
+//!   [`RETRY_UNREACHABLE`] before the next request to that peer, instead of one per heartbeat.
+//! - openraft still logs each failed request of its own accord (at WARN and ERROR, and whatever
+//!   the error kind); [`RECOMMENDED_LOG_DIRECTIVES`] turns those lines off for applications that
+//!   add it to their log filter.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, ReplicationClosed,
     StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
@@ -27,6 +42,37 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
 use crate::storage::{NodeAddr, TypeConfig};
+
+mod outage;
+
+use outage::{Outages, Report};
+
+/// `tracing` filter directives that quiet openraft's own logging of unanswered requests, which
+/// this crate reports itself (once per outage, with counts): add them to an application's filter,
+/// e.g. `EnvFilter::new(format!("info,{RECOMMENDED_LOG_DIRECTIVES}"))`.
+///
+/// - `openraft=warn`: openraft's INFO lines are its internal tracing; a member that cannot reach
+///   the leader stands for election every few hundred milliseconds and every member it asks logs
+///   several INFO lines per request.
+/// - `openraft::replication=off`: the replication task logs every failed request at WARN and
+///   again at ERROR, and each wait before a retry at WARN. It logs nothing else that openraft does
+///   not also report elsewhere (a storage error stops the member, which its core logs).
+/// - `openraft::engine::handler::replication_handler=error`: two more WARN lines per failed
+///   request.
+///
+/// Not covered: openraft logs one ERROR (`while requesting vote` or `timeout`) per vote request a
+/// member leaves unanswered; those come only during elections and stay visible.
+pub const RECOMMENDED_LOG_DIRECTIVES: &str = "openraft=warn,openraft::replication=off,\
+     openraft::engine::handler::replication_handler=error";
+
+/// How long openraft waits before the next request to a peer after a request failed as
+/// [`Unreachable`]. Short enough that a member that restarts hears from the leader before its
+/// first election timeout (the leader lease plus 100–200 ms with the default [`RaftConfig`]), so
+/// its return does not cost the cluster an election; long enough that a dead member costs a few
+/// requests a second, not one per heartbeat.
+///
+/// [`RaftConfig`]: crate::RaftConfig
+pub(crate) const RETRY_UNREACHABLE: Duration = Duration::from_millis(250);
 
 /// A member's id.
 pub type NodeId = u64;
@@ -143,12 +189,15 @@ impl RpcHandler {
 /// openraft's network factory over a [`Transport`].
 pub(crate) struct NetworkFactory<T> {
     transport: Arc<T>,
+    /// Shared by every client: openraft makes a new one per replication session and election.
+    outages: Arc<Mutex<Outages>>,
 }
 
 impl<T> NetworkFactory<T> {
     pub(crate) fn new(transport: T) -> Self {
         Self {
             transport: Arc::new(transport),
+            outages: Arc::default(),
         }
     }
 }
@@ -159,6 +208,7 @@ impl<T: Transport> RaftNetworkFactory<TypeConfig> for NetworkFactory<T> {
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> Self::Network {
         PeerClient {
             transport: self.transport.clone(),
+            outages: self.outages.clone(),
             target,
             addr: node.addr.clone(),
         }
@@ -168,6 +218,7 @@ impl<T: Transport> RaftNetworkFactory<TypeConfig> for NetworkFactory<T> {
 /// openraft's view of one peer.
 pub(crate) struct PeerClient<T> {
     transport: Arc<T>,
+    outages: Arc<Mutex<Outages>>,
     target: NodeId,
     addr: String,
 }
@@ -184,29 +235,122 @@ impl From<CodecError> for CallError {
     }
 }
 
+/// The deadline this layer gives a request openraft limits to `option`: 9/10 of openraft's. Close
+/// to it, so that a peer that answered in time before still does, and early enough that this
+/// deadline passes first (both are timers of the same runtime, of millisecond resolution), so
+/// that this layer sees the failure. Not openraft's `soft_ttl` (3/4): a peer answering between
+/// the two would fail every request.
+fn deadline(option: &RPCOption) -> Duration {
+    option.hard_ttl() * 9 / 10
+}
+
 impl<T: Transport> PeerClient<T> {
     async fn call<R: serde::de::DeserializeOwned>(
         &self,
         kind: RpcKind,
         req: &WireRequest,
+        deadline: Option<Duration>,
     ) -> Result<R, CallError> {
-        self.call_encoded(kind, codec::encode(req)?).await
+        self.call_encoded(kind, codec::encode(req)?, deadline).await
     }
 
+    /// Sends `bytes`, within `deadline` if given, records the outcome for reporting, and turns a
+    /// failure into openraft's terms: a transport that knows the peer is unreachable says so, and
+    /// so does a failure of a peer that counts as down, so that openraft backs off; other failures
+    /// are network errors, which openraft retries at the next heartbeat (a live follower that
+    /// missed a few heartbeats must not be kept waiting, or it stands for election).
     async fn call_encoded<R: serde::de::DeserializeOwned>(
         &self,
         kind: RpcKind,
         bytes: Vec<u8>,
+        deadline: Option<Duration>,
     ) -> Result<R, CallError> {
-        let reply = self
-            .transport
-            .call(self.target, &self.addr, kind, bytes)
-            .await
-            .map_err(|e| match &e {
-                TransportError::Unreachable { .. } => CallError::Unreachable(Unreachable::new(&e)),
-                TransportError::Failed { .. } => CallError::Network(NetworkError::new(&e)),
-            })?;
-        Ok(codec::decode(&reply)?)
+        let call = self.transport.call(self.target, &self.addr, kind, bytes);
+        let result = match deadline {
+            Some(deadline) => tokio::time::timeout(deadline, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(TransportError::Failed {
+                        node: self.target,
+                        reason: format!("no answer within {deadline:?}"),
+                    })
+                }),
+            None => call.await,
+        };
+        match result {
+            Ok(reply) => {
+                self.answered();
+                Ok(codec::decode(&reply)?)
+            }
+            Err(e) => {
+                let down = self.failed(kind, &e);
+                Err(match e {
+                    TransportError::Failed { .. } if !down => {
+                        CallError::Network(NetworkError::new(&e))
+                    }
+                    _ => CallError::Unreachable(Unreachable::new(&e)),
+                })
+            }
+        }
+    }
+
+    /// Records an answer; reports the end of a reported outage.
+    fn answered(&self) {
+        let Some(back) = self.lock_outages().answered(self.target, Instant::now()) else {
+            return;
+        };
+        let (member, addr, failed_attempts) = (self.target, &back.addr, back.failures);
+        let down_for = round_ms(back.failed_for);
+        if back.reported {
+            tracing::info!(member, %addr, ?down_for, failed_attempts, "raft member answers again");
+        } else {
+            tracing::debug!(member, %addr, ?down_for, failed_attempts, "raft member answers again");
+        }
+    }
+
+    /// Records a failed request; reports it at debug, and the outage when it calls for a report.
+    /// Returns whether the peer counts as down.
+    fn failed(&self, kind: RpcKind, error: &TransportError) -> bool {
+        let (down, report) = self
+            .lock_outages()
+            .failed(self.target, &self.addr, Instant::now());
+        let member = self.target;
+        tracing::debug!(member, addr = %self.addr, rpc = ?kind, %error, "raft request failed");
+        match report {
+            Report::Quiet => {}
+            Report::Unreachable {
+                addr,
+                failing_for,
+                failures,
+            } => tracing::warn!(
+                member,
+                %addr,
+                failing_for = ?round_ms(failing_for),
+                failed_attempts = failures,
+                %error,
+                "raft member unreachable; retrying every {RETRY_UNREACHABLE:?}, reporting it again \
+                 when it answers",
+            ),
+            Report::StillUnreachable {
+                addr,
+                failing_for,
+                failures,
+                failures_since_report,
+            } => tracing::warn!(
+                member,
+                %addr,
+                failing_for = ?round_ms(failing_for),
+                failed_attempts = failures,
+                since_last_report = failures_since_report,
+                last_error = %error,
+                "raft member still unreachable",
+            ),
+        }
+        down
+    }
+
+    fn lock_outages(&self) -> std::sync::MutexGuard<'_, Outages> {
+        self.outages.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn rpc_error<E: std::error::Error>(
@@ -224,7 +368,7 @@ impl<T: Transport> RaftNetwork<TypeConfig> for PeerClient<T> {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
         let entries = rpc.entries.len();
         let bytes = codec::encode(&WireRequest::AppendEntries(rpc))
@@ -239,7 +383,7 @@ impl<T: Transport> RaftNetwork<TypeConfig> for PeerClient<T> {
             ));
         }
         let reply: AppendReply = self
-            .call_encoded(RpcKind::AppendEntries, bytes)
+            .call_encoded(RpcKind::AppendEntries, bytes, Some(deadline(&option)))
             .await
             .map_err(|e| self.rpc_error(e))?;
         reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -248,10 +392,14 @@ impl<T: Transport> RaftNetwork<TypeConfig> for PeerClient<T> {
     async fn vote(
         &mut self,
         rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeAddr, RaftError<NodeId>>> {
         let reply: VoteReply = self
-            .call(RpcKind::Vote, &WireRequest::Vote(rpc))
+            .call(
+                RpcKind::Vote,
+                &WireRequest::Vote(rpc),
+                Some(deadline(&option)),
+            )
             .await
             .map_err(|e| self.rpc_error(e))?;
         reply.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -271,7 +419,7 @@ impl<T: Transport> RaftNetwork<TypeConfig> for PeerClient<T> {
         };
         // openraft puts no timeout on full snapshots; stop when replication to this peer closes.
         let reply: SnapshotReply = tokio::select! {
-            r = self.call(RpcKind::Snapshot, &req) => match r {
+            r = self.call(RpcKind::Snapshot, &req, None) => match r {
                 Ok(reply) => reply,
                 Err(CallError::Unreachable(e)) => return Err(StreamingError::Unreachable(e)),
                 Err(CallError::Network(e)) => return Err(StreamingError::Network(e)),
@@ -280,6 +428,16 @@ impl<T: Transport> RaftNetwork<TypeConfig> for PeerClient<T> {
         };
         reply.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
     }
+
+    /// A fixed wait: see [`RETRY_UNREACHABLE`]. openraft drops it after the next answer.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(RETRY_UNREACHABLE))
+    }
+}
+
+/// `d` to whole milliseconds, for logs.
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 // ===== MemTransport =====

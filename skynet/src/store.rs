@@ -40,6 +40,15 @@ pub use skynet_raft::state::{
     Outcome, Revision, Txn,
 };
 
+/// `tracing` filter directives for applications that host a store member: openraft logs every
+/// Raft request a member leaves unanswered (several lines each, many a second while a member is
+/// down), and these turn that off; the store reports such a member itself, once when it stops
+/// answering, at most every 30 s while it stays down, and once when it answers again. Add them
+/// to the application's filter, e.g.
+/// `EnvFilter::new(format!("info,{}", skynet::store::RECOMMENDED_LOG_FILTER))`. The `skynet`
+/// binary applies them next to its `--log-level`. See [`skynet_raft::RECOMMENDED_LOG_DIRECTIVES`].
+pub const RECOMMENDED_LOG_FILTER: &str = skynet_raft::RECOMMENDED_LOG_DIRECTIVES;
+
 /// Whether `service` is one of the store's own services, which are not registered: every
 /// member hosts them and they are reached by address.
 pub(crate) fn is_internal(service: &str) -> bool {

@@ -15,6 +15,7 @@ mod routes;
 mod signals;
 mod watcher;
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -110,18 +111,40 @@ fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 /// Logs go to stderr, so stdout carries only machine-readable lines.
+///
+/// A line is logged if `filter` passes it and so does the store's quieting of openraft
+/// ([`skynet::store::RECOMMENDED_LOG_FILTER`]: openraft would log every request to a member that
+/// is down, several lines each, many a second). The two are separate filters, so that the
+/// quieting never shows what `filter` hides (`--log-level error` shows no openraft warnings); a
+/// `filter` that names openraft replaces the quieting, to debug openraft itself.
 fn init_logging(filter: &str) -> Result<(), CliError> {
-    let env_filter =
-        tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| CliError::LogFilter {
-            filter: filter.to_owned(),
-            reason: e.to_string(),
-        })?;
-    tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let error = |reason: String| CliError::LogFilter {
+        filter: filter.to_owned(),
+        reason,
+    };
+    let parse = |directives: &str| {
+        tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| error(e.to_string()))
+    };
+    let quiet = if filter.contains("openraft") {
+        None
+    } else {
+        Some(parse(&format!(
+            "trace,{}",
+            skynet::store::RECOMMENDED_LOG_FILTER
+        ))?)
+    };
+    // Colours only for a person at a terminal, not in a file or a journal.
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_filter(parse(filter)?.and(quiet));
+    tracing_subscriber::registry()
+        .with(layer)
         .try_init()
-        .map_err(|e| CliError::LogFilter {
-            filter: filter.to_owned(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| error(e.to_string()))
 }
