@@ -171,7 +171,8 @@ async fn pipelined_one_mib_lines_stay_under_the_budget_and_memory_comes_back() -
             anyhow::Ok((answered, refused, failed))
         }));
     }
-    // While the attack runs, a normal client is answered.
+    // While the attack runs, a normal client is answered: served, or told at once that the
+    // budget is full (its line arrived while the attack's lines held all of it).
     let started = Instant::now();
     let answer = tcp_round_trip(
         &mut normal,
@@ -179,7 +180,10 @@ async fn pipelined_one_mib_lines_stay_under_the_budget_and_memory_comes_back() -
     )
     .await?;
     let normal_took = started.elapsed();
-    anyhow::ensure!(answer.contains(r#""id":"normal""#), "{answer}");
+    anyhow::ensure!(
+        answer.contains(r#""id":"normal""#) || answer.contains(r#""kind":"overloaded""#),
+        "{answer}"
+    );
 
     let (mut answered, mut refused, mut failed) = (0, 0, 0);
     for client in clients {
