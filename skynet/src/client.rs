@@ -334,16 +334,25 @@ impl ServiceClient {
             let outcome = self
                 .send(addr, Some(picked.conn()), frame, body_len, remaining)
                 .await;
+            // A stopping instance refuses every call sent to it until callers' views drop it:
+            // going elsewhere is always right, costs each call at most one bounce (the instance
+            // is not tried again), and is no sign of overload, so it draws nothing from the
+            // retry budget, which is there to keep retries from piling onto sick instances.
+            let mut stopping = false;
             let retry = match &outcome {
                 Ok((body, warm)) => {
                     if *warm && sampled {
                         call.answered();
                     }
-                    // Refused before running (draining, or at its limit): safe anywhere.
-                    matches!(
-                        wire::parse_response(body),
-                        Ok((Status::Unavailable | Status::Stopping, _, _))
-                    )
+                    // Refused before running (stopping, or at its limit): safe anywhere.
+                    match wire::parse_response(body) {
+                        Ok((Status::Stopping, _, _)) => {
+                            stopping = true;
+                            true
+                        }
+                        Ok((Status::Unavailable, _, _)) => true,
+                        _ => false,
+                    }
                 }
                 Err(CallError::Unreachable { .. }) => {
                     self.node.eject(addr);
@@ -358,7 +367,7 @@ impl ServiceClient {
                 Err(_) => false,
             };
             drop(call);
-            if !retry || !balancer.budget().withdraw(Instant::now()) {
+            if !retry || !(stopping || balancer.budget().withdraw(Instant::now())) {
                 return outcome.map(|(body, _)| body);
             }
             retries += 1;
