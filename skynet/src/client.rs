@@ -358,6 +358,13 @@ impl ServiceClient {
                     self.node.eject(addr);
                     true
                 }
+                // Another instance may hold a certificate this node accepts, but the same one
+                // refuses again: once the picker is back at an instance it tried, the refusal
+                // is the answer.
+                Err(CallError::HandshakeRefused { .. }) => {
+                    self.node.eject(addr);
+                    !tried.contains(&addr)
+                }
                 Err(CallError::ConnectionLost { .. }) => {
                     if !stats.gone().is_cancelled() {
                         self.node.eject(addr);
@@ -539,7 +546,10 @@ impl ServiceClient {
             };
             let id = conn.next_id();
             wire::set_request_id(&mut frame, id);
-            let result = conn.call(id, frame, large).await;
+            let result = conn
+                .call(id, frame, large)
+                .await
+                .map_err(|e| conn.refused_or(e));
             if result.is_err() {
                 peers.forget(conn);
             }
@@ -552,6 +562,10 @@ impl ServiceClient {
                 reason,
             }),
             Ok(Err(PeerError::Lost(reason))) => Err(CallError::ConnectionLost {
+                target: addr.to_string(),
+                reason,
+            }),
+            Ok(Err(PeerError::Refused(reason))) => Err(CallError::HandshakeRefused {
                 target: addr.to_string(),
                 reason,
             }),
@@ -580,6 +594,7 @@ fn call_outcome<T, E>(result: &Result<T, CallError<E>>) -> &'static str {
         Ok(_) => "ok",
         Err(CallError::Service(_)) => "service_error",
         Err(CallError::Unreachable { .. }) => "unreachable",
+        Err(CallError::HandshakeRefused { .. }) => "handshake_refused",
         Err(CallError::ConnectionLost { .. }) => "connection_lost",
         Err(CallError::DeadlineExceeded(_)) => "deadline_exceeded",
         Err(CallError::NotFound { .. }) => "not_found",

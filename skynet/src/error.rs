@@ -23,6 +23,17 @@ pub enum CallError<E = ServiceError> {
         /// What went wrong.
         reason: String,
     },
+    /// The request was not sent: the TLS handshake with the peer was refused, by this node or
+    /// by the peer, for a reason another attempt will not change: a certificate that is not
+    /// signed by the cluster CA (a process started with another credentials directory),
+    /// expired, or missing. Fails at once instead of waiting out the deadline.
+    #[error("TLS handshake with {target} refused: {reason}")]
+    HandshakeRefused {
+        /// The peer's address.
+        target: String,
+        /// Who refused what, with the TLS library's words.
+        reason: String,
+    },
     /// The request was sent but the connection broke before the reply came; it may have run.
     #[error("connection to {target} lost during the call: {reason}")]
     ConnectionLost {
@@ -97,7 +108,9 @@ impl std::fmt::Display for RejectReason {
 }
 
 impl<E> CallError<E> {
-    /// Whether the request certainly did not run, so that retrying it anywhere is safe.
+    /// Whether the request certainly did not run, so that retrying it anywhere is safe. A
+    /// [`CallError::HandshakeRefused`] did not run either, but is not counted: the same peer
+    /// refuses it again, so it is an error to report, not one to retry.
     pub fn is_safe_to_retry(&self) -> bool {
         matches!(
             self,
@@ -110,6 +123,9 @@ impl<E> CallError<E> {
         match self {
             CallError::Service(e) => CallError::Service(f(e)),
             CallError::Unreachable { target, reason } => CallError::Unreachable { target, reason },
+            CallError::HandshakeRefused { target, reason } => {
+                CallError::HandshakeRefused { target, reason }
+            }
             CallError::ConnectionLost { target, reason } => {
                 CallError::ConnectionLost { target, reason }
             }

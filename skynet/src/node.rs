@@ -27,6 +27,8 @@ use crate::transport::{self, Bind};
 enum CredentialSource {
     Given(Credentials),
     Development(PathBuf),
+    /// Development credentials whose CA must exist already.
+    DevelopmentExisting(PathBuf),
 }
 
 /// Configures and starts a [`Node`].
@@ -81,6 +83,17 @@ impl NodeBuilder {
     /// cluster. See [`Credentials::development`].
     pub fn development_credentials(mut self, dir: impl Into<PathBuf>) -> Self {
         self.credentials = Some(CredentialSource::Development(dir.into()));
+        self
+    }
+
+    /// Development mode for a node that joins an existing cluster: uses the cluster CA in
+    /// `dir`, which must be there already, and issues this node's certificate from it. Without
+    /// a CA in `dir`, [`NodeBuilder::start`] fails with
+    /// [`TlsError::NoClusterCa`](crate::tls::TlsError::NoClusterCa) and writes nothing: a CA
+    /// made here would sign a certificate no member accepts, and the node could never join.
+    /// See [`Credentials::development_existing`].
+    pub fn development_credentials_existing(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.credentials = Some(CredentialSource::DevelopmentExisting(dir.into()));
         self
     }
 
@@ -166,6 +179,9 @@ impl NodeBuilder {
         let credentials = match self.credentials {
             Some(CredentialSource::Given(c)) => c,
             Some(CredentialSource::Development(dir)) => Credentials::development(dir, &self.name)?,
+            Some(CredentialSource::DevelopmentExisting(dir)) => {
+                Credentials::development_existing(dir, &self.name)?
+            }
             None => return Err(NodeError::NoCredentials),
         };
         let store_cell = StoreCell::default();

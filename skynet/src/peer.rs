@@ -20,7 +20,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::RpcConfig;
 use crate::tls::CLUSTER_SERVER_NAME;
-use crate::transport::{FrameBuf, Incoming, ReadError};
+use crate::transport::{FrameBuf, HandshakeRefusal, Incoming, ReadError};
 use crate::wire::{self, FrameKind, Status};
 
 const BATCH: usize = 64 << 10;
@@ -77,6 +77,9 @@ pub(crate) enum PeerError {
     Unreachable(String),
     /// Sent; the outcome is unknown.
     Lost(String),
+    /// Not sent: the TLS handshake was refused for a reason redialing will not change (see
+    /// [`HandshakeRefusal`]).
+    Refused(String),
 }
 
 /// All connections this node has dialed.
@@ -166,14 +169,20 @@ impl Peers {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
             .ok_or_else(|| PeerError::Unreachable("this node is shut down".to_owned()))?;
+        // A refused handshake is told apart from an unreachable peer: it says which
+        // certificate is wrong, and callers give up on it at once instead of redialing.
+        let failed = |e: &quinn::ConnectionError| match HandshakeRefusal::of(e) {
+            Some(refusal) => PeerError::Refused(refusal.to_string()),
+            None => unreachable(e),
+        };
         let connecting = endpoint
             .connect(addr, CLUSTER_SERVER_NAME)
             .map_err(|e| unreachable(&e))?;
         let conn = tokio::time::timeout(self.config.connect_timeout, connecting)
             .await
             .map_err(|_| PeerError::Unreachable("connect timed out".to_owned()))?
-            .map_err(|e| unreachable(&e))?;
-        let (send, recv) = conn.open_bi().await.map_err(|e| unreachable(&e))?;
+            .map_err(|e| failed(&e))?;
+        let (send, recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
         let (mux, rx) = mpsc::unbounded_channel();
         let send = Arc::new(tokio::sync::Mutex::new(send));
         let peer = Arc::new(PeerConn {
@@ -302,6 +311,23 @@ impl PeerConn {
     #[cfg(test)]
     fn last_poller(&self) -> Option<u64> {
         self.lock_read().last_poller
+    }
+
+    /// `error`, or [`PeerError::Refused`] if the peer closed the connection because it refused
+    /// this node's certificate. A dialing client finishes its side of the handshake before the
+    /// server has checked the client's certificate, so that refusal ends the first call on the
+    /// connection rather than the dial; the server never accepted the connection, so the call
+    /// did not run.
+    pub(crate) fn refused_or(&self, error: PeerError) -> PeerError {
+        match self
+            .conn
+            .close_reason()
+            .as_ref()
+            .and_then(HandshakeRefusal::of)
+        {
+            Some(refusal) => PeerError::Refused(refusal.to_string()),
+            None => error,
+        }
     }
 
     /// A fresh request id for this connection.

@@ -25,7 +25,7 @@ use crate::peer::IdMap;
 use crate::service::{Context, ServiceDef};
 use crate::stats::Outcome;
 use crate::trace::{self, TraceId};
-use crate::transport::{FrameBuf, Incoming};
+use crate::transport::{FrameBuf, HandshakeRefusal, Incoming, RefusalLog};
 use crate::wire::{self, FrameKind, Status};
 
 /// Bytes gathered into one write by a stream writer before it flushes.
@@ -155,18 +155,27 @@ impl Drop for Slot {
 
 /// Accepts connections until the endpoint closes.
 pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, state: Arc<ServerState>) {
+    let refusals = Arc::new(RefusalLog::new());
     while let Some(incoming) = endpoint.accept().await {
-        tokio::spawn(serve_connection(incoming, state.clone()));
+        tokio::spawn(serve_connection(incoming, state.clone(), refusals.clone()));
     }
 }
 
-async fn serve_connection(incoming: quinn::Incoming, state: Arc<ServerState>) {
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    state: Arc<ServerState>,
+    refusals: Arc<RefusalLog>,
+) {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
-            // Includes peers whose certificate is not from the cluster CA.
-            tracing::debug!(%remote, error = %e, "handshake failed");
+            // A certificate one side does not accept (a process started with another
+            // cluster's credentials) is an operator's mistake to point out, not noise.
+            match HandshakeRefusal::of(&e) {
+                Some(refusal) => refusals.refused(remote, &refusal),
+                None => tracing::debug!(%remote, error = %e, "handshake failed"),
+            }
             return;
         }
     };

@@ -204,7 +204,8 @@ pub enum StoreError {
     /// The configuration is invalid.
     #[error("invalid store configuration: {0}")]
     Config(String),
-    /// No member could be reached (for a join: no seed; often a credential mismatch).
+    /// No member could be reached (for a join: no seed), or one refused the TLS handshake (a
+    /// certificate from another cluster's CA: the text says which, and this fails at once).
     #[error("store unreachable: {0}")]
     Unreachable(String),
     /// No leader was found, or the request did not finish, within the deadline. A write that
@@ -1209,6 +1210,11 @@ impl Store {
             CallError::DeadlineExceeded(d) => Refusal::Failed(StoreError::Timeout(format!(
                 "{addr} gave no answer within {d:?}"
             ))),
+            // A member that refused the handshake (or whose certificate this node refused)
+            // refuses it again: that is the answer, not a reason to retry until the timeout.
+            e @ CallError::HandshakeRefused { .. } => {
+                Refusal::Failed(StoreError::Unreachable(e.to_string()))
+            }
             CallError::ConnectionLost { reason, .. } => {
                 self.suspect(addr);
                 lost(reason)

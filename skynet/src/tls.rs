@@ -17,8 +17,16 @@
 //! // On a developer machine, one call does both, idempotently, in a directory only you can
 //! // write to:
 //! let creds = Credentials::development("/tmp/skynet-dev", "router-1")?;
+//! // Nodes that join that cluster use its CA and fail if there is none, rather than make a
+//! // CA of their own that no member would trust:
+//! let creds = Credentials::development_existing("/tmp/skynet-dev", "router-2")?;
 //! # Ok(()) }
 //! ```
+//!
+//! A handshake that fails because one side does not accept the other's certificate (signed by
+//! another CA, expired, missing) fails a call at once with
+//! [`CallError::HandshakeRefused`](crate::CallError::HandshakeRefused) naming the peer and the
+//! reason, and the accepting node logs a warning naming the remote address.
 
 use std::fs;
 use std::io::Write as _;
@@ -77,6 +85,18 @@ pub enum TlsError {
         path: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// A node that joins a cluster found no cluster CA (`ca.pem`) in its credentials directory
+    /// ([`Credentials::development_existing`]): a new CA there would sign certificates no
+    /// member of the cluster accepts.
+    #[error(
+        "no cluster CA in {}: a node that joins a cluster needs the CA that the cluster's \
+         first node created there",
+        dir.display()
+    )]
+    NoClusterCa {
+        /// The directory.
+        dir: PathBuf,
     },
 }
 
@@ -220,7 +240,8 @@ impl ClusterCa {
     ///
     /// On Unix, a `ca.key` that group or others can access (any of mode `0o077`) is refused
     /// with [`TlsError::KeyPermissions`]: whoever can read it can sign certificates for the
-    /// whole cluster. Only [`Credentials::development`] loads such a key, with a warning.
+    /// whole cluster. Only the development loaders ([`Credentials::development`],
+    /// [`Credentials::development_existing`]) load such a key, with a warning.
     pub fn load_dir(dir: impl AsRef<Path>) -> Result<Self, TlsError> {
         Self::load_dir_checked(dir.as_ref(), KeyCheck::Refuse)
     }
@@ -386,8 +407,9 @@ impl Credentials {
     /// Loads `ca.pem`, `<name>.pem` and `<name>.key` from `dir`.
     ///
     /// On Unix, a `<name>.key` that group or others can access (any of mode `0o077`) is
-    /// refused with [`TlsError::KeyPermissions`]; `chmod 600` it. Only
-    /// [`Credentials::development`] loads such a key, with a warning.
+    /// refused with [`TlsError::KeyPermissions`]; `chmod 600` it. Only the development loaders
+    /// ([`Credentials::development`], [`Credentials::development_existing`]) load such a key,
+    /// with a warning.
     pub fn load_dir(dir: impl AsRef<Path>, name: &str) -> Result<Self, TlsError> {
         Self::load_dir_checked(dir.as_ref(), name, KeyCheck::Refuse)
     }
@@ -417,14 +439,16 @@ impl Credentials {
     /// Development mode: uses the CA in `dir`, creating it on first use, and the node's
     /// certificate there, issuing it on first use. Safe when several processes start at once.
     /// Keep such a directory to one machine and one user: its CA key signs for the whole
-    /// cluster.
+    /// cluster. Only the first node of a cluster should create the CA; a node that joins one
+    /// uses [`Credentials::development_existing`], so that a mistyped directory fails instead
+    /// of making a CA of its own that no member trusts.
     ///
     /// Files it writes are 0600 and a directory it creates is 0700 (on Unix). An existing
-    /// directory is used as it is, so point it at a directory only you can write to. This is
-    /// the only loader that accepts a private key (`ca.key`, `<name>.key`) that group or
-    /// others can access: it logs a warning instead of failing with
-    /// [`TlsError::KeyPermissions`]. [`NodeBuilder::development_credentials`] and the
-    /// `--certs` flag of the `skynet` command use it.
+    /// directory is used as it is, so point it at a directory only you can write to. The
+    /// development loaders are the only ones that accept a private key (`ca.key`,
+    /// `<name>.key`) that group or others can access: they log a warning instead of failing
+    /// with [`TlsError::KeyPermissions`]. [`NodeBuilder::development_credentials`] and the
+    /// `--certs` flag of `skynet node` without `--join` use it.
     ///
     /// [`NodeBuilder::development_credentials`]: crate::NodeBuilder::development_credentials
     pub fn development(dir: impl AsRef<Path>, name: &str) -> Result<Self, TlsError> {
@@ -439,6 +463,34 @@ impl Credentials {
                 Err(e) => return Err(e),
             }
         }
+        Self::development_node(dir, name)
+    }
+
+    /// Development mode for a node that joins an existing cluster: like
+    /// [`Credentials::development`], but the cluster CA must be in `dir` already. Without
+    /// `ca.pem` there it fails with [`TlsError::NoClusterCa`] and writes nothing (nor creates
+    /// `dir`): a CA made here would sign a certificate that no member of the cluster accepts,
+    /// and the node could never join. The node's own certificate is still issued on first use.
+    /// [`NodeBuilder::development_credentials_existing`] and the `--certs` flag of every
+    /// `skynet` role that joins (`--join`) use it.
+    ///
+    /// [`NodeBuilder::development_credentials_existing`]:
+    ///     crate::NodeBuilder::development_credentials_existing
+    pub fn development_existing(dir: impl AsRef<Path>, name: &str) -> Result<Self, TlsError> {
+        check_node_name(name)?;
+        let dir = dir.as_ref();
+        let ca = dir.join(CA_CERT_FILE);
+        match ca.try_exists() {
+            Ok(true) => Self::development_node(dir, name),
+            Ok(false) => Err(TlsError::NoClusterCa {
+                dir: dir.to_owned(),
+            }),
+            Err(e) => Err(io_error(&ca)(e)),
+        }
+    }
+
+    /// The node's development certificate in `dir`, issued from the CA there on first use.
+    fn development_node(dir: &Path, name: &str) -> Result<Self, TlsError> {
         match Self::load_dir_checked(dir, name, KeyCheck::Warn) {
             Ok(creds) => Ok(creds),
             Err(TlsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -539,6 +591,39 @@ mod tests {
         let a_again = Credentials::development(dir.path(), "a").expect("a again");
         assert_eq!(a.ca, b.ca);
         assert_eq!(a.chain, a_again.chain);
+    }
+
+    #[test]
+    fn joining_development_mode_needs_the_ca_and_writes_nothing_without_it() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let missing = root.path().join("missing");
+        match Credentials::development_existing(&missing, "b") {
+            Err(TlsError::NoClusterCa { dir }) => {
+                assert_eq!(dir, missing);
+                let message = TlsError::NoClusterCa { dir }.to_string();
+                assert!(
+                    message.contains(&missing.display().to_string()),
+                    "{message}"
+                );
+            }
+            other => panic!("expected NoClusterCa, got {other:?}"),
+        }
+        assert!(!missing.exists(), "the directory was created");
+        let empty = root.path().join("empty");
+        fs::create_dir(&empty).expect("mkdir");
+        assert!(matches!(
+            Credentials::development_existing(&empty, "b"),
+            Err(TlsError::NoClusterCa { .. })
+        ));
+        assert_eq!(fs::read_dir(&empty).expect("read dir").count(), 0);
+
+        // Once the first node made the CA, a joining node gets a certificate from it.
+        let first = Credentials::development(&empty, "a").expect("first node");
+        let joined = Credentials::development_existing(&empty, "b").expect("joins");
+        assert_eq!(joined.ca, first.ca);
+        assert!(empty.join("b.pem").exists());
+        let again = Credentials::development_existing(&empty, "b").expect("again");
+        assert_eq!(again.chain, joined.chain);
     }
 
     #[cfg(unix)]

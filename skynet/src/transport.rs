@@ -104,6 +104,184 @@ pub(crate) fn endpoint(
     Ok(endpoint)
 }
 
+/// A TLS handshake that failed for a reason another attempt will not change: one side does not
+/// accept the other's certificate (signed by another CA, expired, missing), or they share no
+/// protocol. QUIC carries a TLS alert as a "crypto" error code (0x100 + the alert), either in
+/// the local error (this node refused) or in the peer's CONNECTION_CLOSE (the peer refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HandshakeRefusal {
+    /// This node refused the peer (else the peer refused this node).
+    by_us: bool,
+    /// The TLS alert.
+    alert: u8,
+    /// The TLS library's words: ours, or the peer's as it sent them (cleaned, bounded).
+    detail: String,
+}
+
+/// Longest reason text kept from a peer's CONNECTION_CLOSE: it is the peer's, so it is
+/// bounded and cleaned before it reaches an error or a log line.
+const MAX_PEER_REASON: usize = 200;
+
+/// TLS alerts (RFC 8446 section 6) that a certificate check sends.
+mod alert {
+    pub(super) const BAD_CERTIFICATE: u8 = 42;
+    pub(super) const UNSUPPORTED_CERTIFICATE: u8 = 43;
+    pub(super) const CERTIFICATE_REVOKED: u8 = 44;
+    pub(super) const CERTIFICATE_EXPIRED: u8 = 45;
+    pub(super) const CERTIFICATE_UNKNOWN: u8 = 46;
+    pub(super) const UNKNOWN_CA: u8 = 48;
+    pub(super) const ACCESS_DENIED: u8 = 49;
+    /// rustls's alert for a certificate whose signature does not verify: what a certificate
+    /// from another skynet CA gets, since every skynet CA has the same name.
+    pub(super) const DECRYPT_ERROR: u8 = 51;
+    pub(super) const PROTOCOL_VERSION: u8 = 70;
+    pub(super) const CERTIFICATE_REQUIRED: u8 = 116;
+    pub(super) const NO_APPLICATION_PROTOCOL: u8 = 120;
+}
+
+impl HandshakeRefusal {
+    /// The refusal in a connection's error, if it is one.
+    pub(crate) fn of(error: &quinn::ConnectionError) -> Option<Self> {
+        let (by_us, code, detail) = match error {
+            quinn::ConnectionError::TransportError(e) => {
+                (true, u64::from(e.code), e.reason.clone())
+            }
+            quinn::ConnectionError::ConnectionClosed(close) => (
+                false,
+                u64::from(close.error_code),
+                String::from_utf8_lossy(&close.reason)
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_PEER_REASON)
+                    .collect(),
+            ),
+            _ => return None,
+        };
+        // QUIC's crypto error codes: 0x100 + a TLS alert.
+        let alert = code.checked_sub(0x100).and_then(|a| u8::try_from(a).ok())?;
+        Some(Self {
+            by_us,
+            alert,
+            detail,
+        })
+    }
+}
+
+impl std::fmt::Display for HandshakeRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use alert::*;
+        let what = match (self.by_us, self.alert) {
+            (true, UNKNOWN_CA | DECRYPT_ERROR) => {
+                "the peer's certificate is not signed by this cluster's CA".to_owned()
+            }
+            (true, CERTIFICATE_EXPIRED) => {
+                "the peer's certificate has expired or is not valid yet".to_owned()
+            }
+            (true, CERTIFICATE_REVOKED) => "the peer's certificate is revoked".to_owned(),
+            (true, CERTIFICATE_REQUIRED) => "the peer presented no certificate".to_owned(),
+            (
+                true,
+                BAD_CERTIFICATE | UNSUPPORTED_CERTIFICATE | CERTIFICATE_UNKNOWN | ACCESS_DENIED,
+            ) => "the peer's certificate is not accepted".to_owned(),
+            (false, UNKNOWN_CA | DECRYPT_ERROR) => {
+                "the peer refused this node's certificate: it is not signed by the peer's CA"
+                    .to_owned()
+            }
+            (false, CERTIFICATE_EXPIRED) => {
+                "the peer refused this node's certificate as expired or not valid yet".to_owned()
+            }
+            (false, CERTIFICATE_REVOKED) => {
+                "the peer refused this node's certificate as revoked".to_owned()
+            }
+            (false, CERTIFICATE_REQUIRED) => {
+                "the peer wants a certificate and this node presented none".to_owned()
+            }
+            (
+                false,
+                BAD_CERTIFICATE | UNSUPPORTED_CERTIFICATE | CERTIFICATE_UNKNOWN | ACCESS_DENIED,
+            ) => "the peer refused this node's certificate".to_owned(),
+            (_, NO_APPLICATION_PROTOCOL) => {
+                "no common protocol: the peer runs an incompatible skynet version".to_owned()
+            }
+            (_, PROTOCOL_VERSION) => "no common TLS version".to_owned(),
+            (by_us, other) => format!(
+                "{} the handshake (TLS alert {other})",
+                if by_us {
+                    "this node ended"
+                } else {
+                    "the peer ended"
+                }
+            ),
+        };
+        f.write_str(&what)?;
+        if !self.detail.is_empty() {
+            write!(f, " ({})", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// Logs refused handshakes on the accepting side, one line per remote IP address a minute at
+/// most: a misconfigured client redials on every call, and a hostile one from many ports.
+pub(crate) struct RefusalLog {
+    /// When each address was last logged, and how many refusals went unlogged since.
+    seen: std::sync::Mutex<std::collections::HashMap<IpAddr, (std::time::Instant, u64)>>,
+}
+
+/// How often one address's refusals are logged at most.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Addresses remembered at once; past it, refusals from new addresses go unlogged until the
+/// remembered ones age out, so the log and this table stay bounded.
+const REFUSAL_LOG_ADDRESSES: usize = 4096;
+
+impl RefusalLog {
+    pub(crate) fn new() -> Self {
+        Self {
+            seen: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Logs one WARN for a handshake with `remote` that `refusal` ended, unless that address
+    /// was logged less than a minute ago.
+    pub(crate) fn refused(&self, remote: SocketAddr, refusal: &HandshakeRefusal) {
+        match self.admit(remote.ip(), std::time::Instant::now()) {
+            None => {}
+            Some(0) => tracing::warn!("TLS handshake with {remote} refused: {refusal}"),
+            Some(unlogged) => tracing::warn!(
+                "TLS handshake with {remote} refused: {refusal} ({unlogged} more from {} \
+                 since the last one logged)",
+                remote.ip()
+            ),
+        }
+    }
+
+    /// Whether a refusal from `ip` at `now` is logged, and if so how many before it were not.
+    fn admit(&self, ip: IpAddr, now: std::time::Instant) -> Option<u64> {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((last, unlogged)) = seen.get_mut(&ip) {
+            if now.saturating_duration_since(*last) < REFUSAL_LOG_EVERY {
+                *unlogged += 1;
+                return None;
+            }
+            let before = *unlogged;
+            *last = now;
+            *unlogged = 0;
+            return Some(before);
+        }
+        if seen.len() >= REFUSAL_LOG_ADDRESSES {
+            seen.retain(|_, (last, _)| now.saturating_duration_since(*last) < REFUSAL_LOG_EVERY);
+            if seen.len() >= REFUSAL_LOG_ADDRESSES {
+                return None;
+            }
+        }
+        seen.insert(ip, (now, 0));
+        Some(0)
+    }
+}
+
 fn bind_socket(bind: &Bind, buffer: usize) -> Result<UdpSocket, NodeError> {
     let candidates: Vec<SocketAddr> = match bind {
         Bind::Addr(addr) => vec![*addr],
@@ -354,6 +532,120 @@ mod tests {
         wire::write_cancel(&mut bytes, 8);
         wire::write_response_message(&mut bytes, 9, wire::Status::NotFound, &"x".repeat(300));
         bytes
+    }
+
+    fn closed_by_peer(code: quinn::TransportErrorCode, reason: &[u8]) -> quinn::ConnectionError {
+        quinn::ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: code,
+            frame_type: None,
+            reason: bytes::Bytes::copy_from_slice(reason),
+        })
+    }
+
+    fn refused_here(code: quinn::TransportErrorCode, reason: &str) -> quinn::ConnectionError {
+        quinn::ConnectionError::TransportError(quinn_proto::TransportError {
+            code,
+            frame: None,
+            reason: reason.to_owned(),
+        })
+    }
+
+    #[test]
+    fn refused_handshakes_are_told_by_side_and_alert() {
+        use quinn::TransportErrorCode as Code;
+        let ours = HandshakeRefusal::of(&refused_here(
+            Code::crypto(alert::DECRYPT_ERROR),
+            "invalid peer certificate: BadSignature",
+        ))
+        .expect("a refusal");
+        assert_eq!(
+            ours.to_string(),
+            "the peer's certificate is not signed by this cluster's CA \
+             (invalid peer certificate: BadSignature)"
+        );
+        let theirs = HandshakeRefusal::of(&closed_by_peer(
+            Code::crypto(alert::CERTIFICATE_EXPIRED),
+            b"invalid peer certificate: Expired",
+        ))
+        .expect("a refusal");
+        assert_eq!(
+            theirs.to_string(),
+            "the peer refused this node's certificate as expired or not valid yet \
+             (invalid peer certificate: Expired)"
+        );
+        let missing =
+            HandshakeRefusal::of(&refused_here(Code::crypto(alert::CERTIFICATE_REQUIRED), ""))
+                .expect("a refusal");
+        assert_eq!(missing.to_string(), "the peer presented no certificate");
+        let other = HandshakeRefusal::of(&closed_by_peer(Code::crypto(80), b""));
+        assert_eq!(
+            other.map(|r| r.to_string()).as_deref(),
+            Some("the peer ended the handshake (TLS alert 80)")
+        );
+
+        // Not handshake refusals: other transport errors, and everything else.
+        for error in [
+            refused_here(Code::PROTOCOL_VIOLATION, "TLS error: nope"),
+            closed_by_peer(Code::NO_ERROR, b""),
+            quinn::ConnectionError::TimedOut,
+            quinn::ConnectionError::Reset,
+        ] {
+            assert_eq!(HandshakeRefusal::of(&error), None, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_peers_reason_is_cleaned_and_bounded() {
+        let mut reason = b"bad\x1b[31m\nline\r".to_vec();
+        reason.extend([0xff, b'x']);
+        reason.extend(std::iter::repeat_n(b'y', 5000));
+        let refusal = HandshakeRefusal::of(&closed_by_peer(
+            quinn::TransportErrorCode::crypto(alert::BAD_CERTIFICATE),
+            &reason,
+        ))
+        .expect("a refusal");
+        assert!(refusal.detail.chars().all(|c| !c.is_control()));
+        assert!(
+            refusal.detail.starts_with("bad[31mline\u{fffd}x"),
+            "{}",
+            refusal.detail
+        );
+        assert_eq!(refusal.detail.chars().count(), MAX_PEER_REASON);
+    }
+
+    #[test]
+    fn refusals_are_logged_once_a_minute_per_address() {
+        let log = RefusalLog::new();
+        let start = std::time::Instant::now();
+        let a: IpAddr = [127, 0, 0, 1].into();
+        let b: IpAddr = [127, 0, 0, 2].into();
+        assert_eq!(log.admit(a, start), Some(0));
+        // The same address again (any port) within the minute: counted, not logged.
+        let soon = start + REFUSAL_LOG_EVERY / 2;
+        assert_eq!(log.admit(a, soon), None);
+        assert_eq!(log.admit(a, soon), None);
+        // Another address is its own.
+        assert_eq!(log.admit(b, soon), Some(0));
+        // A minute on, the next one is logged with the count of those that were not.
+        assert_eq!(log.admit(a, start + REFUSAL_LOG_EVERY), Some(2));
+        assert_eq!(log.admit(a, start + REFUSAL_LOG_EVERY), None);
+    }
+
+    #[test]
+    fn the_refusal_log_forgets_old_addresses_and_stays_bounded() {
+        let log = RefusalLog::new();
+        let start = std::time::Instant::now();
+        let ip = |n: usize| IpAddr::from(std::net::Ipv6Addr::from(n as u128));
+        for n in 0..REFUSAL_LOG_ADDRESSES {
+            assert_eq!(log.admit(ip(n), start), Some(0));
+        }
+        // Full of addresses logged this minute: a new one is not logged (nor remembered).
+        let new = ip(REFUSAL_LOG_ADDRESSES);
+        assert_eq!(log.admit(new, start), None);
+        assert_eq!(log.seen.lock().expect("lock").len(), REFUSAL_LOG_ADDRESSES);
+        // Once they are a minute old, they make room.
+        assert_eq!(log.admit(new, start + REFUSAL_LOG_EVERY), Some(0));
+        assert_eq!(log.seen.lock().expect("lock").len(), 1);
     }
 
     #[test]

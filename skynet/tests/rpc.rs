@@ -382,7 +382,7 @@ async fn a_peer_from_another_ca_is_refused() -> TestResult {
     )
     .await
     .expect_err("handshake must fail");
-    assert!(matches!(err, CallError::Unreachable { .. }), "{err}");
+    assert!(matches!(err, CallError::HandshakeRefused { .. }), "{err}");
     // The server still serves its own cluster.
     let member = cluster.node("member", vec![]).await;
     say(&member.client("echo").at(server.local_addr()), "hi").await?;

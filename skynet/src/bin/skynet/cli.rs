@@ -139,7 +139,8 @@ pub(crate) struct ClientArgs {
     #[arg(long = "join", value_name = "ADDR", required = true)]
     pub(crate) join: Vec<SocketAddr>,
 
-    /// Development credentials directory of the cluster.
+    /// Development credentials directory of the cluster: its CA must be there already (the
+    /// cluster's first node created it); this process's certificate is issued on first use.
     #[arg(long, value_name = "DIR")]
     pub(crate) certs: PathBuf,
 
@@ -337,8 +338,9 @@ pub(crate) struct NodeArgs {
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = parse_voters)]
     pub(crate) voters: usize,
 
-    /// Development credentials directory: the cluster CA (created on first use) and node
-    /// certificates. Every process of a cluster must use the same one.
+    /// Development credentials directory: the cluster CA and node certificates. Every process
+    /// of a cluster must use the same one. Without --join the node creates the CA if the
+    /// directory has none; with --join the CA must be there already.
     #[arg(long, value_name = "DIR")]
     pub(crate) certs: PathBuf,
 }
@@ -365,7 +367,8 @@ pub(crate) struct StoreFlags {
     #[arg(long = "join", value_name = "ADDR", required = true)]
     pub(crate) join: Vec<SocketAddr>,
 
-    /// Development credentials directory of the cluster.
+    /// Development credentials directory of the cluster: its CA must be there already (the
+    /// cluster's first node created it); this process's certificate is issued on first use.
     #[arg(long, value_name = "DIR")]
     pub(crate) certs: PathBuf,
 }
@@ -433,7 +436,8 @@ pub(crate) struct HoldLeaseArgs {
     #[arg(long, value_name = "ADDR", required = true)]
     pub(crate) seed: Vec<SocketAddr>,
 
-    /// Development credentials directory of the cluster.
+    /// Development credentials directory of the cluster: its CA must be there already (the
+    /// cluster's first node created it); this process's certificate is issued on first use.
     #[arg(long, value_name = "DIR")]
     pub(crate) certs: PathBuf,
 

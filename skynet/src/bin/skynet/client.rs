@@ -14,7 +14,7 @@ pub(crate) fn builder(args: &ClientArgs, role: &str) -> NodeBuilder {
     let mut builder = Node::builder()
         .name(name)
         .bind(SocketAddr::new(args.bind, args.port.unwrap_or(0)))
-        .development_credentials(&args.certs)
+        .development_credentials_existing(&args.certs)
         .store(StoreConfig::client(args.join.clone()));
     if let Some(admin) = args.admin {
         builder = builder.admin(admin);

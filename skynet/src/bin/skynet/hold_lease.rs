@@ -25,7 +25,7 @@ pub(crate) async fn run(args: HoldLeaseArgs, out: &mut impl Write) -> Result<(),
     let mut signals = Signals::new()?;
     let node = Node::builder()
         .name(args.name.as_str())
-        .development_credentials(&args.certs)
+        .development_credentials_existing(&args.certs)
         .store(config)
         .start()
         .await?;

@@ -36,7 +36,14 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 enum CliError {
     /// The node could not be configured or started.
     #[error(transparent)]
-    Node(#[from] skynet::NodeError),
+    Node(skynet::NodeError),
+    /// A role that joins a cluster found no cluster CA in its `--certs` directory.
+    #[error(
+        "no cluster CA in {}: the first node (skynet node without --join) creates it; \
+         pass the same --certs as the cluster",
+        .0.display()
+    )]
+    NoClusterCa(std::path::PathBuf),
     /// A config store request failed.
     #[error(transparent)]
     Store(#[from] skynet::StoreError),
@@ -77,6 +84,18 @@ enum CliError {
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+}
+
+impl From<skynet::NodeError> for CliError {
+    fn from(e: skynet::NodeError) -> Self {
+        match e {
+            // The library's words do not know the command line; these say which flag to fix.
+            skynet::NodeError::Tls(skynet::tls::TlsError::NoClusterCa { dir }) => {
+                CliError::NoClusterCa(dir)
+            }
+            e => CliError::Node(e),
+        }
+    }
 }
 
 fn main() -> ExitCode {

@@ -20,6 +20,8 @@ pub(crate) struct NodePlan {
     name: String,
     bind: SocketAddr,
     certs: PathBuf,
+    /// Whether the node joins a cluster (`--join`): then its CA must be in `certs` already.
+    joins: bool,
     store: StoreConfig,
 }
 
@@ -37,6 +39,7 @@ impl NodePlan {
             name: args.name.clone(),
             bind: SocketAddr::new(args.bind, args.port.unwrap_or(0)),
             certs: args.certs.clone(),
+            joins: !args.join.is_empty(),
             store,
         })
     }
@@ -65,12 +68,15 @@ impl fmt::Display for Ready<'_> {
 pub(crate) async fn run(args: NodeArgs, out: &mut impl Write) -> Result<(), CliError> {
     let plan = NodePlan::from_args(&args)?;
     let mut signals = Signals::new()?;
-    let start = Node::builder()
-        .name(plan.name.as_str())
-        .bind(plan.bind)
-        .development_credentials(&plan.certs)
-        .store(plan.store)
-        .start();
+    let builder = Node::builder().name(plan.name.as_str()).bind(plan.bind);
+    // Only the first node creates the cluster CA; one that joins and finds none was pointed
+    // at the wrong directory, and a CA of its own would make it a stranger to the cluster.
+    let builder = if plan.joins {
+        builder.development_credentials_existing(&plan.certs)
+    } else {
+        builder.development_credentials(&plan.certs)
+    };
+    let start = builder.store(plan.store).start();
     // Joining may wait for a leader for a while; a stop signal meanwhile ends it.
     let node = tokio::select! {
         node = start => node?,

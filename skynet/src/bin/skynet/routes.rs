@@ -23,7 +23,7 @@ pub(crate) async fn run(args: RoutesArgs, out: &mut impl Write) -> Result<(), Cl
     config.validate()?;
     let node = Node::builder()
         .name("skynet-routes")
-        .development_credentials(&flags.certs)
+        .development_credentials_existing(&flags.certs)
         .store(config)
         .start()
         .await?;
