@@ -265,6 +265,14 @@ async fn deadline_exceeded_cancels_the_handler() -> TestResult {
         .client("stuck")
         .at(server.local_addr())
         .with_deadline(Duration::from_millis(200));
+    // Dial first (a method the service lacks answers at once): the 200 ms are for the call,
+    // not for a handshake on a busy machine, which could use them all before the handler
+    // starts and leave nothing to cancel.
+    let missing = client.call::<_, (), ServiceError>("missing", ()).await;
+    assert!(
+        matches!(missing, Err(CallError::NotFound { .. })),
+        "{missing:?}"
+    );
     let err = client
         .call::<_, (), ServiceError>("wait", ())
         .await
@@ -273,10 +281,12 @@ async fn deadline_exceeded_cancels_the_handler() -> TestResult {
         matches!(err, CallError::DeadlineExceeded(d) if d == Duration::from_millis(200)),
         "{err}"
     );
-    started.recv().await.expect("handler ran");
-    dropped
-        .recv()
-        .await
+    let bound = Duration::from_secs(30);
+    tokio::time::timeout(bound, started.recv())
+        .await?
+        .expect("handler ran");
+    tokio::time::timeout(bound, dropped.recv())
+        .await?
         .expect("handler was cancelled on the server");
     caller.shutdown().await;
     server.shutdown().await;
