@@ -1123,7 +1123,18 @@ impl Netns {
     }
 
     fn rules(&self, op: &str, i: usize) -> TestResult {
-        let me = self.addrs[i].to_string();
+        self.cut(op, self.addrs[i], i)
+    }
+
+    /// Cuts the test process off from every member but `i` (`op` "add"), or undoes it ("del"):
+    /// its store clients then reach member `i` only, whatever members they have learned.
+    fn confine_client(&self, op: &str, i: usize) -> TestResult {
+        self.cut(op, self.client, i)
+    }
+
+    /// Blackholes traffic both ways between `me` and every member but `i`.
+    fn cut(&self, op: &str, me: std::net::Ipv4Addr, i: usize) -> TestResult {
+        let me = me.to_string();
         for other in self.addrs.iter().filter(|a| **a != self.addrs[i]) {
             let other = other.to_string();
             for (from, to) in [(&me, &other), (&other, &me)] {
@@ -1186,8 +1197,10 @@ async fn a_partitioned_minority_cannot_commit_and_the_majority_can() -> TestResu
     let i = members.iter().position(|m| m.id == old).expect("leader");
 
     // Cut the leader off from the other two. A client that can only reach it cannot get a write
-    // acknowledged or a linearizable read served: it is a minority of one.
+    // acknowledged or a linearizable read served: it is a minority of one. (The client is
+    // confined too: it would learn the other members from the store and read through them.)
     net.isolate(i)?;
+    net.confine_client("add", i)?;
     let short = Duration::from_secs(3);
     let (minority_node, minority) = cluster
         .client_at(client_addr, vec![members[i].addr], short)
@@ -1202,6 +1215,7 @@ async fn a_partitioned_minority_cannot_commit_and_the_majority_can() -> TestResu
         read.is_err(),
         "the minority served a linearizable read: {read:?}"
     );
+    net.confine_client("del", i)?;
 
     // The majority elects a leader of its own and commits.
     let majority: Vec<&Member> = others(&members, old);
