@@ -257,6 +257,10 @@ struct ReadSide {
     /// The reader task's waker, for a lone caller that leaves as the last poller while other
     /// calls wait.
     reader_waker: Option<Waker>,
+    /// The lone call that may read the stream for itself: the last call that started alone.
+    /// An older lone call that is still polled (its reply was handed to it by the reader task,
+    /// but it has not seen it yet) must not poll the stream any more; see [`LoneRead::poll`].
+    owner: Option<u64>,
 }
 
 impl ReadSide {
@@ -266,6 +270,7 @@ impl ReadSide {
             frames: FrameBuf::new(limit, BATCH),
             last_poller: None,
             reader_waker: None,
+            owner: None,
         }
     }
 
@@ -330,6 +335,13 @@ impl PeerConn {
         }
     }
 
+    /// Whether call `id` still waits for its reply, and whether the reader task reads.
+    #[cfg(test)]
+    fn waits(&self, id: u64) -> (bool, bool) {
+        let calls = self.lock_calls();
+        (calls.pending.contains_key(&id), calls.reader_active)
+    }
+
     /// A fresh request id for this connection.
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -387,6 +399,9 @@ impl PeerConn {
             return Err(PeerError::Unreachable("connection closed".to_owned()));
         }
         if lone {
+            // Taken before the first poll, so that every poll of an older lone call after this
+            // one's first is refused (both happen under the read lock).
+            self.lock_read().owner = Some(id);
             let mut reading = LoneRead { conn: self, id };
             std::future::poll_fn(|cx| reading.poll(cx, &mut rx)).await
         } else {
@@ -542,7 +557,19 @@ impl LoneRead<'_> {
             if let Poll::Ready(reply) = Pin::new(&mut *rx).poll(cx) {
                 return Poll::Ready(reply.map_err(|_| PeerError::Lost(conn.close_description())));
             }
-            let frame = ready!(conn.lock_read().poll_frame(cx, Some(self.id)));
+            let frame = {
+                let mut read = conn.lock_read();
+                if read.owner != Some(self.id) {
+                    // A newer call started alone, so ours is no longer waiting: the reader
+                    // task read our reply and handed it over, and the oneshot said `Pending`
+                    // only because Tokio's budget for this task is spent (it wakes the task
+                    // again), or the reply was handed over between the two polls. Polling the
+                    // stream now would take quinn's one waker for the stream from the call
+                    // that reads it: we would leave with it, and its reply would wake nobody.
+                    return Poll::Pending;
+                }
+                ready!(read.poll_frame(cx, Some(self.id)))
+            };
             match conn.response(frame) {
                 Ok((id, body)) if id == self.id => {
                     // Closed first, dropping our sender does not wake this very task: a task
@@ -564,7 +591,10 @@ impl LoneRead<'_> {
 
 impl Drop for LoneRead<'_> {
     fn drop(&mut self) {
-        let read = self.conn.lock_read();
+        let mut read = self.conn.lock_read();
+        if read.owner == Some(self.id) {
+            read.owner = None;
+        }
         if read.last_poller == Some(self.id)
             && let Some(waker) = &read.reader_waker
         {
@@ -712,6 +742,109 @@ mod tests {
         caller.shutdown().await;
         server.shutdown().await;
         Ok(())
+    }
+
+    /// A lone call whose reply the reader task read for it (calls overlapped meanwhile), polled
+    /// again before it sees that reply (here Tokio's budget for the task is spent, so its
+    /// oneshot says `Pending`; on a multi-thread runtime the reader can also deliver between
+    /// the two polls) must not poll the stream: a newer lone call reads it now, and quinn
+    /// keeps one waker per stream. The old call left with the stream's waker, and the new
+    /// call's reply woke nobody: it waited until its deadline.
+    #[tokio::test]
+    async fn a_lone_call_answered_by_the_reader_leaves_the_stream_to_the_next_lone_call()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let gates = [
+            Arc::new(Semaphore::new(0)),
+            Arc::new(Semaphore::new(0)),
+            Arc::new(Semaphore::new(0)),
+        ];
+        let mut service = ServiceDef::builder("gate", "1.0.0");
+        for (method, gate) in ["a", "b", "c"].into_iter().zip(gates.clone()) {
+            service = service.method(method, move |_, ()| {
+                let gate = gate.clone();
+                async move {
+                    let _pass = gate.acquire().await;
+                    Ok::<(), ServiceError>(())
+                }
+            });
+        }
+        let server = Node::builder()
+            .name("server")
+            .development_credentials(dir.path())
+            .service(service.build()?)
+            .start()
+            .await?;
+        let caller = Node::builder()
+            .name("caller")
+            .development_credentials(dir.path())
+            .start()
+            .await?;
+        let client = caller.client("gate").at(server.local_addr());
+        let deadline = Duration::from_secs(10);
+        let _ = client.call::<(), (), ServiceError>("none", ()).await;
+        let (conn, _) = caller
+            .inner()
+            .peers
+            .get(server.local_addr())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        // Call a reads for itself, polled by this task.
+        let mut a = std::pin::pin!(client.call::<(), (), ServiceError>("a", ()));
+        assert!(futures_util::poll!(&mut a).is_pending());
+        let a_id = conn.last_poller().expect("call a reads for itself");
+        // Call b overlaps: the reader task reads, and hands a its reply.
+        let b = tokio::spawn({
+            let client = client.clone();
+            async move { client.call::<(), (), ServiceError>("b", ()).await }
+        });
+        until("the reader reads", || conn.last_poller().is_none()).await?;
+        gates[0].add_permits(1);
+        until("a's reply is delivered", || !conn.waits(a_id).0).await?;
+        gates[1].add_permits(1);
+        tokio::time::timeout(deadline, b).await???;
+        until("the reader is idle", || !conn.waits(a_id).1).await?;
+
+        // Call c, in a task of its own, is alone and reads for itself.
+        let c = tokio::spawn({
+            let client = client.clone();
+            async move { client.call::<(), (), ServiceError>("c", ()).await }
+        });
+        until("c reads", || {
+            conn.last_poller().is_some_and(|id| id != a_id)
+        })
+        .await?;
+
+        // Call a is polled once more with the task's budget spent, then finishes.
+        std::future::poll_fn(|cx| {
+            while let Poll::Ready(progress) = tokio::task::coop::poll_proceed(cx) {
+                progress.made_progress();
+            }
+            assert!(a.as_mut().poll(cx).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        tokio::time::timeout(deadline, &mut a).await??;
+
+        gates[2].add_permits(1);
+        tokio::time::timeout(deadline, c)
+            .await
+            .map_err(|_| anyhow::anyhow!("call c never saw its reply"))???;
+
+        caller.shutdown().await;
+        server.shutdown().await;
+        Ok(())
+    }
+
+    /// Yields until `done`, for at most 10 s.
+    async fn until(what: &str, done: impl Fn() -> bool) -> anyhow::Result<()> {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !done() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("timed out waiting until {what}"))
     }
 
     #[test]
