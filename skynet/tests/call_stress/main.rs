@@ -12,7 +12,7 @@ use std::time::Duration;
 fn no_call_waits_for_a_lost_wake_up() -> anyhow::Result<()> {
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     let settings = driver::Settings {
-        calls: env("SKYNET_STRESS_CALLS").unwrap_or(200_000),
+        calls: env("SKYNET_STRESS_CALLS").unwrap_or(100_000),
         callers: 6,
         seed: env("SKYNET_STRESS_SEED").unwrap_or_else(clock_seed),
         slow: Duration::from_millis(100),
