@@ -22,40 +22,40 @@ use skynet::{CallError, Context, Node, ServiceClient, ServiceDef, ServiceError};
 
 /// What to run.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Calls the callers make in all, about (calls the relay makes for them not counted).
-    pub calls: u64,
+    pub(crate) calls: u64,
     /// Caller tasks.
-    pub callers: usize,
+    pub(crate) callers: usize,
     /// Seeds the callers' choices.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// A call that takes longer than this (and was not given a shorter deadline) is slow.
-    pub slow: Duration,
+    pub(crate) slow: Duration,
     /// The deadline of the calls that are not meant to be cancelled.
-    pub deadline: Duration,
+    pub(crate) deadline: Duration,
     /// Worker threads of each node's runtime.
-    pub workers: usize,
+    pub(crate) workers: usize,
 }
 
 /// What happened.
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     /// Calls issued.
-    pub calls: u64,
+    pub(crate) calls: u64,
     /// Calls with the long deadline that took longer than [`Settings::slow`].
-    pub slow: u64,
+    pub(crate) slow: u64,
     /// Of those, calls that ran into the long deadline.
-    pub stalled: u64,
+    pub(crate) stalled: u64,
     /// Calls given a short deadline (cancelled on the way, or answered in time).
-    pub short: u64,
+    pub(crate) short: u64,
     /// Calls with the long deadline that failed for another reason.
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// The first unexpected error.
-    pub first_error: Option<String>,
+    pub(crate) first_error: Option<String>,
     /// The longest call with the long deadline.
-    pub slowest: Duration,
+    pub(crate) slowest: Duration,
     /// Wall time of the run.
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
 }
 
 impl std::fmt::Display for Report {
@@ -164,7 +164,7 @@ fn relay_service(server: Arc<OnceLock<ServiceClient>>) -> ServiceDef {
 /// Starts the nodes, each on a runtime of its own (as if each were a process of its own, so
 /// that their tasks really run at the same time and are preempted anywhere), runs the callers
 /// until they made about `settings.calls` calls, and shuts the nodes down.
-pub fn run(settings: &Settings) -> anyhow::Result<Report> {
+pub(crate) fn run(settings: &Settings) -> anyhow::Result<Report> {
     let runtime = |name: &str| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(settings.workers.max(1))
