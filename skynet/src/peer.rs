@@ -380,7 +380,12 @@ impl PeerConn {
             let mut calls = self.lock_calls();
             calls.pending.insert(id, tx);
             let lone = calls.pending.len() == 1 && !calls.reader_active;
-            if !lone && !calls.reader_active {
+            if lone {
+                // Taken in the same step that finds the call alone (locks are always taken
+                // calls first, then read), so that from here every poll of an older lone
+                // call is refused (see [`LoneRead::poll`]).
+                self.lock_read().owner = Some(id);
+            } else if !calls.reader_active {
                 calls.reader_active = true;
                 self.reader_wanted.notify_one();
             }
@@ -399,9 +404,6 @@ impl PeerConn {
             return Err(PeerError::Unreachable("connection closed".to_owned()));
         }
         if lone {
-            // Taken before the first poll, so that every poll of an older lone call after this
-            // one's first is refused (both happen under the read lock).
-            self.lock_read().owner = Some(id);
             let mut reading = LoneRead { conn: self, id };
             std::future::poll_fn(|cx| reading.poll(cx, &mut rx)).await
         } else {
