@@ -159,18 +159,25 @@ fn loopback(port: u16) -> SocketAddr {
 /// The builder every role starts from: name, address, the cluster's CA, an admin port, and
 /// connection timers short enough that a killed peer is noticed within about two seconds
 /// (about when its registration lease runs out), so that a request never hangs on it long.
+///
+/// Only the voter that bootstraps the store (no seeds) creates the cluster CA; every other
+/// role finds it, so that one pointed at the wrong directory stops and names it rather than
+/// making a CA of its own and never being let in.
 fn builder(common: &Common) -> NodeBuilder {
-    Node::builder()
+    let builder = Node::builder()
         .name(common.name.as_str())
-        .bind(loopback(common.port))
-        .development_credentials(&common.certs)
-        .admin(loopback(common.admin))
-        .config(RpcConfig {
-            connect_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(2),
-            keep_alive: Duration::from_millis(500),
-            ..RpcConfig::default()
-        })
+        .bind(loopback(common.port));
+    let builder = if common.seeds.is_empty() {
+        builder.development_credentials(&common.certs)
+    } else {
+        builder.development_credentials_existing(&common.certs)
+    };
+    builder.admin(loopback(common.admin)).config(RpcConfig {
+        connect_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(2),
+        keep_alive: Duration::from_millis(500),
+        ..RpcConfig::default()
+    })
 }
 
 /// The one ready line: what the supervisor shows in its table.
@@ -587,7 +594,7 @@ impl Supervisor {
     async fn store_route(&self, seeds: &[SocketAddr]) -> anyhow::Result<()> {
         let node = Node::builder()
             .name("cluster-setup")
-            .development_credentials(&self.certs)
+            .development_credentials_existing(&self.certs)
             .store(StoreConfig::client(seeds.to_vec()))
             .start()
             .await?;

@@ -564,7 +564,9 @@ where
             Ok(Ok(done)) => return Ok(done),
             Ok(Err(e)) if !may_pass(&e) => return Err(e),
             Ok(Err(e)) => e,
-            Err(_) => StoreError::Timeout("no answer".to_owned()),
+            Err(_) => {
+                StoreError::Timeout(format!("attempt {attempt} was still waiting for the store"))
+            }
         };
         let now = tokio::time::Instant::now();
         if now + pause >= deadline {

@@ -852,6 +852,11 @@ impl ClientShared {
 
 /// The error of a request whose every attempt failed: the most telling failure, with the
 /// members asked and for how long.
+/// The one text for a member that did not answer a request in the time it had.
+fn no_answer(member: SocketAddr, within: Duration) -> String {
+    format!("{member} gave no answer within {within:?}")
+}
+
 fn attempts_failed(
     cause: Option<StoreError>,
     asked: &[SocketAddr],
@@ -1099,13 +1104,16 @@ impl Store {
         for _ in 0..MAX_HOPS {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(Refusal::NotReady("no answer in time".into()));
+                let asked = target.unwrap_or(own);
+                return Err(Refusal::NotReady(format!(
+                    "the deadline passed before {asked} was asked"
+                )));
             }
             let result = match (target, &self.backend) {
                 (None, Backend::Member(shared)) => {
                     tokio::time::timeout(remaining, shared.execute_local(req.clone()))
                         .await
-                        .unwrap_or_else(|_| Err(Refusal::NotReady("no answer in time".into())))
+                        .unwrap_or_else(|_| Err(Refusal::NotReady(no_answer(own, remaining))))
                 }
                 (Some(addr), _) => self.remote(addr, req.clone(), remaining).await,
                 (None, Backend::Client(_)) => {
@@ -1207,9 +1215,9 @@ impl Store {
                 self.suspect(addr);
                 Refusal::Unreachable(e.to_string())
             }
-            CallError::DeadlineExceeded(d) => Refusal::Failed(StoreError::Timeout(format!(
-                "{addr} gave no answer within {d:?}"
-            ))),
+            CallError::DeadlineExceeded(d) => {
+                Refusal::Failed(StoreError::Timeout(no_answer(addr, d)))
+            }
             // A member that refused the handshake (or whose certificate this node refused)
             // refuses it again: that is the answer, not a reason to retry until the timeout.
             e @ CallError::HandshakeRefused { .. } => {

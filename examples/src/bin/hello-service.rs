@@ -35,7 +35,8 @@ struct Args {
     /// A config store member to reach the store through (repeat for several).
     #[arg(long = "seed", required = true, value_name = "ADDR")]
     seeds: Vec<SocketAddr>,
-    /// The development credentials directory (the cluster CA is created there on first use).
+    /// The cluster's development credentials directory, holding its CA (made by the first
+    /// store member).
     #[arg(long, value_name = "DIR")]
     certs: PathBuf,
     /// The region this instance runs in.
@@ -59,7 +60,8 @@ async fn main() -> anyhow::Result<()> {
     let node = Node::builder()
         .name(&args.name)
         .bind(SocketAddr::new(args.bind, args.port))
-        .development_credentials(&args.certs)
+        // The cluster made the CA; a wrong directory is an error naming it, not a new CA.
+        .development_credentials_existing(&args.certs)
         .region(&args.region)
         .registration(RegistrationConfig {
             ttl: Duration::from_millis(args.ttl_ms),
