@@ -41,6 +41,7 @@ use openraft::{OptionalSend, Raft, Snapshot, SnapshotMeta, Vote};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
+use crate::node::election::{self, LeaderContact, PreVote, PreVoteReply};
 use crate::storage::{NodeAddr, TypeConfig};
 
 mod outage;
@@ -83,7 +84,7 @@ pub type NodeId = u64;
 pub enum RpcKind {
     /// Log replication and heartbeats: small, latency-critical.
     AppendEntries,
-    /// An election vote request.
+    /// An election vote request, or the question before one (whether the peer hears a leader).
     Vote,
     /// A full snapshot: possibly large, not latency-critical.
     Snapshot,
@@ -132,7 +133,7 @@ pub trait Transport: Send + Sync + 'static {
 
 /// A request as it travels between members.
 #[derive(Serialize, Deserialize)]
-enum WireRequest {
+pub(crate) enum WireRequest {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     Snapshot {
@@ -140,6 +141,11 @@ enum WireRequest {
         meta: SnapshotMeta<NodeId, NodeAddr>,
         data: Vec<u8>,
     },
+    /// Whether the receiver would vote, as far as leaders go (see [`election`]). Last, so that
+    /// the earlier variants keep their encoding.
+    ///
+    /// [`election`]: crate::node::election
+    PreVote(PreVote),
 }
 
 type AppendReply = Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
@@ -150,6 +156,10 @@ type SnapshotReply = Result<SnapshotResponse<NodeId>, Fatal<NodeId>>;
 #[derive(Clone)]
 pub struct RpcHandler {
     raft: Raft<TypeConfig>,
+    /// Stamped on every append-entries request or snapshot the member takes from a leader.
+    contact: Arc<LeaderContact>,
+    /// openraft's leader lease: a member that heard a leader this recently grants no pre-vote.
+    lease: Duration,
 }
 
 /// A request that could not be decoded; the sender is incompatible or the bytes are corrupt.
@@ -158,8 +168,16 @@ pub struct RpcHandler {
 pub struct BadRequest(#[from] CodecError);
 
 impl RpcHandler {
-    pub(crate) fn new(raft: Raft<TypeConfig>) -> Self {
-        Self { raft }
+    pub(crate) fn new(
+        raft: Raft<TypeConfig>,
+        contact: Arc<LeaderContact>,
+        lease: Duration,
+    ) -> Self {
+        Self {
+            raft,
+            contact,
+            lease,
+        }
     }
 
     /// Handles one request from a peer and returns the reply to send back. Raft-level errors travel
@@ -167,7 +185,13 @@ impl RpcHandler {
     pub async fn handle(&self, request: &[u8]) -> Result<Vec<u8>, BadRequest> {
         let reply = match codec::decode::<WireRequest>(request)? {
             WireRequest::AppendEntries(req) => {
-                codec::encode::<AppendReply>(&self.raft.append_entries(req).await)?
+                let reply = self.raft.append_entries(req).await;
+                // A request from a leader this member does not refuse: one with a lower term
+                // (a deposed leader) gets `HigherVote`.
+                if matches!(&reply, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+                    self.contact.heard();
+                }
+                codec::encode::<AppendReply>(&reply)?
             }
             WireRequest::Vote(req) => codec::encode::<VoteReply>(&self.raft.vote(req).await)?,
             WireRequest::Snapshot { vote, meta, data } => {
@@ -175,9 +199,16 @@ impl RpcHandler {
                     meta,
                     snapshot: Box::new(Cursor::new(data)),
                 };
-                codec::encode::<SnapshotReply>(
-                    &self.raft.install_full_snapshot(vote, snapshot).await,
-                )?
+                let reply = self.raft.install_full_snapshot(vote, snapshot).await;
+                if reply.is_ok() {
+                    self.contact.heard();
+                }
+                codec::encode::<SnapshotReply>(&reply)?
+            }
+            WireRequest::PreVote(req) => {
+                let granted = election::grants(&self.raft, &self.contact, self.lease);
+                tracing::debug!(candidate = req.candidate, granted, "pre-vote");
+                codec::encode::<PreVoteReply>(&granted)?
             }
         };
         Ok(reply)
@@ -194,9 +225,9 @@ pub(crate) struct NetworkFactory<T> {
 }
 
 impl<T> NetworkFactory<T> {
-    pub(crate) fn new(transport: T) -> Self {
+    pub(crate) fn new(transport: Arc<T>) -> Self {
         Self {
-            transport: Arc::new(transport),
+            transport,
             outages: Arc::default(),
         }
     }

@@ -30,6 +30,7 @@ use crate::state::{
 };
 use crate::storage::{self, NodeAddr, SmData, TypeConfig};
 
+pub(crate) mod election;
 mod propose;
 
 use propose::{BatchLimits, Proposer};
@@ -265,6 +266,12 @@ pub struct RaftNode {
     revision: tokio::sync::watch::Receiver<Revision>,
     leases: Arc<Mutex<LeaderLeases>>,
     lease_task: tokio::task::JoinHandle<()>,
+    /// Switches openraft's elections on only when a majority hears no leader (pre-vote).
+    election_gate: tokio::task::JoinHandle<()>,
+    /// When a leader was last heard, shared with every [`RpcHandler`].
+    contact: Arc<election::LeaderContact>,
+    /// openraft's leader lease, for the handlers' pre-vote answers.
+    leader_lease: Duration,
     proposer: Proposer,
     max_command_bytes: usize,
 }
@@ -404,9 +411,33 @@ impl RaftNode {
             })?;
         let data = sm.data();
         let revision = sm.subscribe();
-        let raft = Raft::new(id, raft_config, NetworkFactory::new(transport), log, sm)
-            .await
-            .map_err(RaftNodeError::stopped)?;
+        let transport = Arc::new(transport);
+        let timing = election::Timing {
+            tick: config.heartbeat_interval,
+            // openraft's lease is its maximum election timeout.
+            lease: config.election_timeout_max,
+            election_min: config.election_timeout_min,
+            election_max: config.election_timeout_max,
+        };
+        let raft = Raft::new(
+            id,
+            raft_config,
+            NetworkFactory::new(transport.clone()),
+            log,
+            sm,
+        )
+        .await
+        .map_err(RaftNodeError::stopped)?;
+        // Off until the gate has heard from a majority that no leader is about; see `election`.
+        raft.runtime_config().elect(false);
+        let contact = Arc::new(election::LeaderContact::new());
+        let election_gate = tokio::spawn(election::run(
+            id,
+            raft.clone(),
+            transport,
+            contact.clone(),
+            timing,
+        ));
         let leases = Arc::new(Mutex::new(LeaderLeases::default()));
         let lease_task = tokio::spawn(run_leases(
             id,
@@ -430,6 +461,9 @@ impl RaftNode {
             revision,
             leases,
             lease_task,
+            election_gate,
+            contact,
+            leader_lease: timing.lease,
             proposer,
             max_command_bytes: config.max_command_bytes,
         })
@@ -442,7 +476,7 @@ impl RaftNode {
 
     /// The handler for requests from peers, to plug into the transport's server side.
     pub fn rpc_handler(&self) -> RpcHandler {
-        RpcHandler::new(self.raft.clone())
+        RpcHandler::new(self.raft.clone(), self.contact.clone(), self.leader_lease)
     }
 
     /// Bootstraps a new cluster with `members` (id → address) as voters. Call it on one member, once
@@ -702,6 +736,7 @@ impl RaftNode {
     /// Stops the member. Its disk state stays; [`Self::start`] on the same path resumes it.
     pub async fn shutdown(&self) -> Result<(), RaftNodeError> {
         self.lease_task.abort();
+        self.election_gate.abort();
         self.proposer.stop();
         self.raft.shutdown().await.map_err(RaftNodeError::stopped)
     }
@@ -710,5 +745,6 @@ impl RaftNode {
 impl Drop for RaftNode {
     fn drop(&mut self) {
         self.lease_task.abort();
+        self.election_gate.abort();
     }
 }

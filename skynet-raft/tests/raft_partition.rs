@@ -214,3 +214,63 @@ async fn a_minority_cannot_commit_and_the_majority_can() -> Result<(), RaftNodeE
     }
     Ok(())
 }
+
+/// A follower cut off from the others hears no leader, but the others do: it asks before it
+/// stands (pre-vote), is refused, and so never raises its term. When the partition heals, the
+/// leader keeps leading in the same term and the follower catches up. Without the pre-vote, it
+/// stands every few hundred milliseconds while cut off, and its higher term deposes the leader
+/// the moment it is heard again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_cut_off_and_back_does_not_depose_the_leader() -> Result<(), RaftNodeError> {
+    /// Long enough for several elections of a follower standing on its own timer (every
+    /// 300–400 ms with the default config).
+    const CUT_OFF: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let net = Arc::new(Net::default());
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3 {
+        nodes.insert(id, start(&net, dir.path(), id).await);
+    }
+    let all: BTreeSet<NodeId> = nodes.keys().copied().collect();
+    nodes[&1].initialize([(1, addr(1))].into()).await?;
+    nodes[&1].wait_for_leader(WAIT, |l| l == 1).await?;
+    for id in [2, 3] {
+        nodes[&1].add_learner(id, addr(id)).await?;
+    }
+    nodes[&1].change_membership(all.clone()).await?;
+    nodes[&1].write(put("k", "before")).await?;
+    let term = nodes[&1].metrics().term;
+
+    net.partition(&BTreeSet::from([3]), &all);
+    // An observation window, not a wait for an event: what is checked is that the cut-off
+    // member does nothing disruptive while the majority goes on writing.
+    let deadline = tokio::time::Instant::now() + CUT_OFF;
+    let mut writes = 0;
+    while tokio::time::Instant::now() < deadline {
+        nodes[&1]
+            .write(put("k", &format!("during {writes}")))
+            .await?;
+        writes += 1;
+    }
+    assert_eq!(
+        nodes[&3].metrics().term,
+        term,
+        "the cut-off member stood for election"
+    );
+
+    net.heal();
+    let mut watch = nodes[&3].watch("after", 0);
+    nodes[&1].write(put("after", "healed")).await?;
+    tokio::time::timeout(WAIT, watch.next())
+        .await
+        .expect("the member catches up after healing")?;
+    for node in nodes.values() {
+        let m = node.metrics();
+        assert_eq!((m.leader, m.term), (Some(1), term), "member {}", m.id);
+    }
+    assert!(writes > 0);
+    for node in nodes.values() {
+        node.shutdown().await?;
+    }
+    Ok(())
+}

@@ -994,11 +994,16 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
 
 impl Netns {
     /// `n` member namespaces. The addresses come from 198.18.0.0/15 (set aside for network
-    /// tests), a /28 per test process chosen by its pid, one /30 per link.
+    /// tests), a /28 per instance chosen by the test process's pid and the instance's number in
+    /// it (tests of one process run at once), one /30 per link.
     fn new(n: usize) -> anyhow::Result<Self> {
+        static INSTANCES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let seq = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4;
         let pid = std::process::id();
-        let prefix = format!("sk{pid}");
-        let base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + (pid % 8192) * 16;
+        // Interface names take at most 15 bytes: "sk", 7 pid digits, the instance, 3 more.
+        let prefix = format!("sk{pid}{}", char::from(b'a' + seq as u8));
+        let slot = (pid.wrapping_mul(4) + seq) % 8192;
+        let base = u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + slot * 16;
         let at = |link: usize, host: u32| {
             std::net::Ipv4Addr::from(base + 4 * u32::try_from(link).unwrap_or(0) + host)
         };
@@ -1158,6 +1163,31 @@ impl Drop for Netns {
     }
 }
 
+impl Cluster {
+    /// Members `a`, `b` and `c`, one per namespace of `net`, `a` bootstrapping.
+    async fn start_in(&self, net: &Netns) -> anyhow::Result<Vec<Member>> {
+        const PORT: u16 = 7000;
+        let mut members: Vec<Member> = Vec::new();
+        for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+            let join: Vec<SocketAddr> = members.first().map(|a| a.addr).into_iter().collect();
+            let mut args = vec![
+                "netns".to_owned(),
+                "exec".to_owned(),
+                net.members[i].clone(),
+                BIN.to_owned(),
+            ];
+            args.extend(self.node_args(name, &join, PORT));
+            args.extend(["--bind".to_owned(), net.addrs[i].to_string()]);
+            let proc = Proc::spawn(name, self.log(name), "ip", &args)?;
+            members.push(Member::ready(proc).await?);
+        }
+        for (m, addr) in members.iter().zip(&net.addrs) {
+            anyhow::ensure!(m.addr == SocketAddr::from((*addr, PORT)), "{}", m.addr);
+        }
+        Ok(members)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_minority_cannot_commit_and_the_majority_can() -> TestResult {
     let net = match Netns::new(3) {
@@ -1170,23 +1200,7 @@ async fn a_partitioned_minority_cannot_commit_and_the_majority_can() -> TestResu
         }
     };
     let cluster = Cluster::new(3);
-    const PORT: u16 = 7000;
-    let mut members: Vec<Member> = Vec::new();
-    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
-        let join: Vec<SocketAddr> = members.first().map(|a| a.addr).into_iter().collect();
-        let mut args = vec![
-            "netns".to_owned(),
-            "exec".to_owned(),
-            net.members[i].clone(),
-            BIN.to_owned(),
-        ];
-        args.extend(cluster.node_args(name, &join, PORT));
-        args.extend(["--bind".to_owned(), net.addrs[i].to_string()]);
-        members.push(Member::ready(Proc::spawn(name, cluster.log(name), "ip", &args)?).await?);
-    }
-    for (m, addr) in members.iter().zip(&net.addrs) {
-        assert_eq!(m.addr, SocketAddr::from((*addr, PORT)));
-    }
+    let members = cluster.start_in(&net).await?;
     let client_addr = SocketAddr::from((net.client, 0));
     let (client, store) = cluster
         .client_at(client_addr, addrs(&members), WAIT)
@@ -1360,5 +1374,82 @@ async fn a_member_restarted_on_another_address_refuses_to_start_and_says_why() -
     store.put("k", b"v".to_vec()).await?;
     assert_eq!(store.member_status(members[0].addr).await?.term, term);
     client.shutdown().await;
+    Ok(())
+}
+
+/// A voter cut off from the other members for a while, under writes, comes back without
+/// disturbing the leader: same leader, same term, and it catches up. openraft 0.9 has no
+/// pre-vote: cut off, the voter would stand for election every few hundred milliseconds, and
+/// its higher term would depose the healthy leader the moment it is heard again (every write
+/// then waits for another election). With the pre-vote, it asks first, is told that the others
+/// hear a leader, and never stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_cut_off_and_back_under_writes_does_not_depose_the_leader() -> TestResult {
+    /// Several election timeouts of a voter standing on its own timer (300–400 ms each).
+    const CUT_OFF: Duration = Duration::from_secs(3);
+    let net = match Netns::new(3) {
+        Ok(net) => net,
+        Err(e) => {
+            // As in the partition test: root and iproute2 are needed; the in-memory
+            // `raft_partition` test in skynet-raft covers the same logic without them.
+            eprintln!("skipping the network namespace cut-off test: {e:#}");
+            return Ok(());
+        }
+    };
+    let cluster = Cluster::new(3);
+    let members = cluster.start_in(&net).await?;
+    let (client, store) = cluster
+        .client_at(SocketAddr::from((net.client, 0)), addrs(&members), WAIT)
+        .await?;
+    let all: Vec<&Member> = members.iter().collect();
+    let lead = leader(&store, &all, |_| true).await?;
+    let lead_at = by_id(&members, lead).addr;
+    let term = store.member_status(lead_at).await?.term;
+    let mut writer = Writer::start(store.clone(), 0);
+    writer.wait_for(10).await?;
+
+    let cut = members
+        .iter()
+        .position(|m| m.id != lead)
+        .expect("a follower");
+    net.isolate(cut)?;
+    // An observation window, not a wait for an event: what is checked is that the cut-off
+    // member does nothing disruptive meanwhile, while the writes go on.
+    let before = writer.count();
+    tokio::time::sleep(CUT_OFF).await;
+    writer.wait_for(before + 10).await?;
+    let status = store.member_status(members[cut].addr).await?;
+    assert_eq!(status.term, term, "the cut-off member stood for election");
+
+    net.heal(cut)?;
+    // Caught up: it applies what the leader had applied when it came back.
+    let target = store.member_status(lead_at).await?.last_applied;
+    let caught_up = async {
+        loop {
+            if let Ok(status) = store.member_status(members[cut].addr).await
+                && status.last_applied >= target
+            {
+                return;
+            }
+            // Catching up takes a few round trips; ask again shortly.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, caught_up)
+        .await
+        .context("the member never caught up")?;
+    let now = writer.count();
+    writer.wait_for(now + 10).await?;
+    let status = store.member_status(lead_at).await?;
+    assert_eq!(
+        (status.leader, status.term),
+        (Some(lead), term),
+        "the member back from the cut disturbed the leader"
+    );
+    let acked = writer.finish().await?;
+    assert_all_present(&store, &acked).await?;
+    client.shutdown().await;
+    drop(members);
+    drop(net);
     Ok(())
 }
