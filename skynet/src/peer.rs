@@ -71,7 +71,7 @@ type AddrMap<V> = HashMap<SocketAddr, V, std::hash::BuildHasherDefault<IdHasher>
 pub(crate) type ResponseBody = Vec<u8>;
 
 /// Why a request could not be completed at the connection level.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum PeerError {
     /// Not sent.
     Unreachable(String),
@@ -82,59 +82,131 @@ pub(crate) enum PeerError {
     Refused(String),
 }
 
+/// A dial's outcome, `None` while it runs.
+type DialOutcome = Option<Result<Arc<PeerConn>, PeerError>>;
+
 /// All connections this node has dialed.
 pub(crate) struct Peers {
+    shared: Arc<PeersShared>,
+}
+
+/// What the dial tasks share with the node.
+struct PeersShared {
     /// Taken at shutdown so the socket is released once the last connection is gone.
     endpoint: Mutex<Option<quinn::Endpoint>>,
     config: RpcConfig,
     live: Mutex<AddrMap<Arc<PeerConn>>>,
-    /// One dial at a time per address; concurrent callers wait for it instead of dialing too.
-    dialing: Mutex<AddrMap<Arc<tokio::sync::Mutex<()>>>>,
+    /// The dial in progress per address. A dial runs in a task of its own and every caller
+    /// that needs the address waits for its outcome: a caller that gives up (its deadline
+    /// passed) leaves the dial to finish for the next one. Were the dial the caller's own
+    /// future, a peer too busy to finish a handshake within callers' deadlines would get a new
+    /// handshake from every call, each one costing it more than the last (with 200 processes
+    /// starting at once, the store members drowned in handshakes and none finished).
+    dialing: Mutex<AddrMap<tokio::sync::watch::Receiver<DialOutcome>>>,
 }
 
-impl Peers {
-    pub(crate) fn new(endpoint: quinn::Endpoint, config: RpcConfig) -> Self {
-        Self {
-            endpoint: Mutex::new(Some(endpoint)),
-            config,
-            live: Mutex::default(),
-            dialing: Mutex::default(),
-        }
-    }
-
+impl PeersShared {
     fn cached(&self, addr: SocketAddr) -> Option<Arc<PeerConn>> {
         let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         live.get(&addr).filter(|c| c.is_alive()).cloned()
     }
 
+    /// Dials `addr`, records the connection if it is made (unless the node shut down
+    /// meanwhile), and tells the waiting callers.
+    async fn dial(
+        self: Arc<Self>,
+        endpoint: quinn::Endpoint,
+        addr: SocketAddr,
+        outcome: tokio::sync::watch::Sender<DialOutcome>,
+    ) {
+        let result = dial(&endpoint, &self.config, addr).await;
+        if let Ok(conn) = &result {
+            let shut = self
+                .endpoint
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_none();
+            if shut {
+                conn.conn.close(0u32.into(), b"node shutting down");
+            } else {
+                self.live
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(addr, conn.clone());
+            }
+        }
+        // After the insert: a caller that finds no dial in progress finds the connection.
+        self.dialing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&addr);
+        outcome.send_replace(Some(result));
+    }
+}
+
+impl Peers {
+    pub(crate) fn new(endpoint: quinn::Endpoint, config: RpcConfig) -> Self {
+        Self {
+            shared: Arc::new(PeersShared {
+                endpoint: Mutex::new(Some(endpoint)),
+                config,
+                live: Mutex::default(),
+                dialing: Mutex::default(),
+            }),
+        }
+    }
+
     /// Whether a live connection to `addr` exists (a call would not have to dial).
     pub(crate) fn is_connected(&self, addr: SocketAddr) -> bool {
-        self.cached(addr).is_some()
+        self.shared.cached(addr).is_some()
     }
 
     /// The live connection to `addr`, dialing it if needed, and whether it was open already
-    /// (a call that waited for a dial says nothing about the peer's latency).
+    /// (a call that waited for a dial says nothing about the peer's latency). Dropping the
+    /// future leaves a dial it started to finish (see [`PeersShared::dialing`]).
     pub(crate) async fn get(&self, addr: SocketAddr) -> Result<(Arc<PeerConn>, bool), PeerError> {
-        if let Some(conn) = self.cached(addr) {
+        let shared = &self.shared;
+        if let Some(conn) = shared.cached(addr) {
             return Ok((conn, true));
         }
-        let gate = self
-            .dialing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(addr)
-            .or_default()
-            .clone();
-        let _dialing = gate.lock().await;
-        if let Some(conn) = self.cached(addr) {
-            return Ok((conn, false));
+        let mut outcome = {
+            let mut dialing = shared
+                .dialing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Again under the dialing lock: a dial that ended meanwhile recorded its
+            // connection before it left the map.
+            if let Some(conn) = shared.cached(addr) {
+                return Ok((conn, false));
+            }
+            match dialing.get(&addr) {
+                Some(outcome) => outcome.clone(),
+                None => {
+                    let endpoint = shared
+                        .endpoint
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone()
+                        .ok_or_else(|| {
+                            PeerError::Unreachable("this node is shut down".to_owned())
+                        })?;
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    dialing.insert(addr, rx.clone());
+                    tokio::spawn(shared.clone().dial(endpoint, addr, tx));
+                    rx
+                }
+            }
+        };
+        let result = match outcome.wait_for(Option::is_some).await {
+            Ok(result) => result.clone(),
+            // The dial task ended without an outcome: the runtime is shutting down.
+            Err(_) => None,
+        };
+        match result {
+            Some(Ok(conn)) => Ok((conn, false)),
+            Some(Err(e)) => Err(e),
+            None => Err(PeerError::Unreachable("the dial was abandoned".to_owned())),
         }
-        let conn = self.dial(addr).await?;
-        self.live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(addr, conn.clone());
-        Ok((conn, false))
     }
 
     /// Closes and forgets the connection to `addr`, if any: calls waiting on it fail as lost,
@@ -143,6 +215,7 @@ impl Peers {
     /// timeout.
     pub(crate) fn forget_addr(&self, addr: SocketAddr, reason: &[u8]) {
         let conn = self
+            .shared
             .live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -155,64 +228,74 @@ impl Peers {
 
     /// Forgets a connection that failed, so the next call redials.
     pub(crate) fn forget(&self, conn: &Arc<PeerConn>) {
-        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut live = self
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if live.get(&conn.addr).is_some_and(|c| Arc::ptr_eq(c, conn)) {
             live.remove(&conn.addr);
         }
     }
 
-    async fn dial(&self, addr: SocketAddr) -> Result<Arc<PeerConn>, PeerError> {
-        let unreachable = |e: &dyn std::fmt::Display| PeerError::Unreachable(e.to_string());
-        let endpoint = self
+    /// Closes every connection this node dialed; no new ones can be made.
+    pub(crate) fn close_all(&self) {
+        self.shared
             .endpoint
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-            .ok_or_else(|| PeerError::Unreachable("this node is shut down".to_owned()))?;
-        // A refused handshake is told apart from an unreachable peer: it says which
-        // certificate is wrong, and callers give up on it at once instead of redialing.
-        let failed = |e: &quinn::ConnectionError| match HandshakeRefusal::of(e) {
-            Some(refusal) => PeerError::Refused(refusal.to_string()),
-            None => unreachable(e),
-        };
-        let connecting = endpoint
-            .connect(addr, CLUSTER_SERVER_NAME)
-            .map_err(|e| unreachable(&e))?;
-        let conn = tokio::time::timeout(self.config.connect_timeout, connecting)
-            .await
-            .map_err(|_| PeerError::Unreachable("connect timed out".to_owned()))?
-            .map_err(|e| failed(&e))?;
-        let (send, recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
-        let (mux, rx) = mpsc::unbounded_channel();
-        let send = Arc::new(tokio::sync::Mutex::new(send));
-        let peer = Arc::new(PeerConn {
-            addr,
-            conn,
-            mux,
-            send: send.clone(),
-            calls: Mutex::default(),
-            read: Mutex::new(ReadSide::new(recv, self.config.max_frame_size)),
-            reader_wanted: Notify::new(),
-            next_id: AtomicU64::new(1),
-            dead: AtomicBool::new(false),
-            max_frame: self.config.max_frame_size,
-        });
-        tokio::spawn(write_loop(send, rx));
-        tokio::spawn(read_loop(peer.clone()));
-        Ok(peer)
-    }
-
-    /// Closes every connection this node dialed; no new ones can be made.
-    pub(crate) fn close_all(&self) {
-        self.endpoint
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let live = std::mem::take(&mut *self.live.lock().unwrap_or_else(PoisonError::into_inner));
+        let live = std::mem::take(
+            &mut *self
+                .shared
+                .live
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         for conn in live.values() {
             conn.conn.close(0u32.into(), b"node shutting down");
         }
     }
+}
+
+/// Dials `addr` and opens the connection's call stream, within `config.connect_timeout`.
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    config: &RpcConfig,
+    addr: SocketAddr,
+) -> Result<Arc<PeerConn>, PeerError> {
+    let unreachable = |e: &dyn std::fmt::Display| PeerError::Unreachable(e.to_string());
+    // A refused handshake is told apart from an unreachable peer: it says which
+    // certificate is wrong, and callers give up on it at once instead of redialing.
+    let failed = |e: &quinn::ConnectionError| match HandshakeRefusal::of(e) {
+        Some(refusal) => PeerError::Refused(refusal.to_string()),
+        None => unreachable(e),
+    };
+    let connecting = endpoint
+        .connect(addr, CLUSTER_SERVER_NAME)
+        .map_err(|e| unreachable(&e))?;
+    let conn = tokio::time::timeout(config.connect_timeout, connecting)
+        .await
+        .map_err(|_| PeerError::Unreachable("connect timed out".to_owned()))?
+        .map_err(|e| failed(&e))?;
+    let (send, recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
+    let (mux, rx) = mpsc::unbounded_channel();
+    let send = Arc::new(tokio::sync::Mutex::new(send));
+    let peer = Arc::new(PeerConn {
+        addr,
+        conn,
+        mux,
+        send: send.clone(),
+        calls: Mutex::default(),
+        read: Mutex::new(ReadSide::new(recv, config.max_frame_size)),
+        reader_wanted: Notify::new(),
+        next_id: AtomicU64::new(1),
+        dead: AtomicBool::new(false),
+        max_frame: config.max_frame_size,
+    });
+    tokio::spawn(write_loop(send, rx));
+    tokio::spawn(read_loop(peer.clone()));
+    Ok(peer)
 }
 
 /// One connection to a peer and its shared call stream.

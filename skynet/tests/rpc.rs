@@ -1,5 +1,6 @@
 //! Calls between real nodes over QUIC with mutual TLS on loopback.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use skynet::{
     CallError, Context, Node, RejectReason, RpcConfig, ServiceDef, ServiceDefBuilder, ServiceError,
 };
+use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 type TestResult = anyhow::Result<()>;
@@ -637,5 +639,89 @@ async fn a_lost_connection_is_redialed() -> TestResult {
     assert_eq!(say(&client, "again").await?.text, "again");
     caller.shutdown().await;
     restarted.shutdown().await;
+    Ok(())
+}
+
+/// Relays UDP between one client and `server`, holding back every datagram over 1,000 bytes by
+/// `hold`: QUIC's handshake packets (padded Initials, certificates) are that large, while calls on
+/// an established connection travel in small ones, which pass at once. A peer whose handshakes
+/// take long, as one busy with hundreds of them does, and whose calls do not.
+async fn slow_handshakes(server: SocketAddr, hold: Duration) -> anyhow::Result<SocketAddr> {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+    back.connect(server).await?;
+    let addr = front.local_addr()?;
+    let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let relay = move |data: Vec<u8>, to: Option<SocketAddr>, socket: Arc<UdpSocket>| async move {
+        if data.len() > 1000 {
+            tokio::time::sleep(hold).await;
+        }
+        let _ = match to {
+            Some(to) => socket.send_to(&data, to).await,
+            None => socket.send(&data).await,
+        };
+    };
+    let (inbound, outbound) = (front.clone(), back.clone());
+    let seen = client.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0; 65536];
+        while let Ok((n, from)) = inbound.recv_from(&mut buf).await {
+            *seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(from);
+            tokio::spawn(relay(buf[..n].to_vec(), None, outbound.clone()));
+        }
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0; 65536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            let to = *client
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tokio::spawn(relay(buf[..n].to_vec(), to, front.clone()));
+        }
+    });
+    Ok(addr)
+}
+
+/// A dial outlives the call that started it: a call whose deadline passes while the handshake
+/// is under way leaves the dial to finish, and a later call uses the connection. Were the dial
+/// the caller's own, every call would start a handshake anew and drop it at its deadline:
+/// against a peer whose handshakes take longer than its callers' deadlines, no call would ever
+/// get through, and each would add a handshake to the peer's load (200 processes starting at
+/// once beside the example cluster all failed so, their store members drowned in handshakes).
+#[tokio::test]
+async fn a_dial_outlives_a_call_that_gave_up_on_it() -> TestResult {
+    const MOST_TIMEOUTS: usize = 20;
+    let cluster = Cluster::new();
+    let server = cluster.node("server", vec![echo_service()]).await;
+    let caller = cluster
+        .node_with(
+            "caller",
+            vec![],
+            RpcConfig {
+                connect_timeout: Duration::from_secs(10),
+                ..quick_config()
+            },
+        )
+        .await;
+    // Each handshake flight is held 300 ms, so a dial takes at least 600 ms.
+    let proxy = slow_handshakes(server.local_addr(), Duration::from_millis(300)).await?;
+    let client = caller
+        .client("echo")
+        .at(proxy)
+        .with_deadline(Duration::from_millis(200));
+    let mut timeouts = 0;
+    let reply = loop {
+        match say(&client, "through").await {
+            Ok(reply) => break reply,
+            Err(CallError::DeadlineExceeded(_)) if timeouts < MOST_TIMEOUTS => timeouts += 1,
+            Err(e) => anyhow::bail!("after {timeouts} calls that ran out of time: {e}"),
+        }
+    };
+    assert_eq!(reply.text, "through");
+    assert!(timeouts >= 1, "the handshake was not held back");
+    caller.shutdown().await;
+    server.shutdown().await;
     Ok(())
 }
