@@ -26,6 +26,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,11 +38,10 @@ use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{OptionalSend, Raft, Snapshot, SnapshotMeta, Vote};
+use openraft::{OptionalSend, Raft, ServerState, Snapshot, SnapshotMeta, Vote};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
-use crate::node::election::{self, LeaderContact, PreVote, PreVoteReply};
 use crate::storage::{NodeAddr, TypeConfig};
 
 mod outage;
@@ -141,16 +141,55 @@ pub(crate) enum WireRequest {
         meta: SnapshotMeta<NodeId, NodeAddr>,
         data: Vec<u8>,
     },
-    /// Whether the receiver would vote, as far as leaders go (see [`election`]). Last, so that
-    /// the earlier variants keep their encoding.
-    ///
-    /// [`election`]: crate::node::election
+    /// Whether the receiver would vote, as far as leaders go (see `node/election.rs`). Last,
+    /// so that the earlier variants keep their encoding.
     PreVote(PreVote),
 }
 
 type AppendReply = Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>;
 type VoteReply = Result<VoteResponse<NodeId>, RaftError<NodeId>>;
 type SnapshotReply = Result<SnapshotResponse<NodeId>, Fatal<NodeId>>;
+
+/// The question a member asks the other voters before it stands: do you hear a leader?
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PreVote {
+    /// Who asks, for the responder's log.
+    pub(crate) candidate: NodeId,
+}
+
+/// The answer: `true` if the asked voter would vote, as far as leaders go.
+pub(crate) type PreVoteReply = bool;
+
+/// When this member last heard from a leader it accepts: the receiving side stamps it on every
+/// append-entries request or snapshot it takes. Starts as "at start-up": a restarted member
+/// gives the leader its election timeout to reach it before it asks.
+#[derive(Debug)]
+pub(crate) struct LeaderContact {
+    origin: Instant,
+    /// Nanoseconds from `origin` to the last contact.
+    last: AtomicU64,
+}
+
+impl LeaderContact {
+    pub(crate) fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// A leader was heard just now.
+    pub(crate) fn heard(&self) {
+        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.fetch_max(nanos, Ordering::Relaxed);
+    }
+
+    /// How long no leader has been heard, as of `now`.
+    pub(crate) fn silent_for(&self, now: Instant) -> Duration {
+        let last = self.origin + Duration::from_nanos(self.last.load(Ordering::Relaxed));
+        now.saturating_duration_since(last)
+    }
+}
 
 /// The receiving end: turns request bytes from a peer into reply bytes. Cheap to clone.
 #[derive(Clone)]
@@ -206,12 +245,19 @@ impl RpcHandler {
                 codec::encode::<SnapshotReply>(&reply)?
             }
             WireRequest::PreVote(req) => {
-                let granted = election::grants(&self.raft, &self.contact, self.lease);
+                let granted = self.grants_pre_vote();
                 tracing::debug!(candidate = req.candidate, granted, "pre-vote");
                 codec::encode::<PreVoteReply>(&granted)?
             }
         };
         Ok(reply)
+    }
+
+    /// Whether this member would vote, as far as leaders go: it does not lead, and has heard
+    /// from no leader for the lease (openraft's own rule for refusing a vote).
+    fn grants_pre_vote(&self) -> bool {
+        let leads = self.raft.metrics().borrow().state == ServerState::Leader;
+        !leads && self.contact.silent_for(Instant::now()) >= self.lease
     }
 }
 

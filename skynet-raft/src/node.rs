@@ -23,7 +23,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, Raf
 use openraft::{ChangeMembers, Config, Raft, ServerState};
 
 use crate::lease::{KeepAliveError, LeaseClock};
-use crate::network::{NetworkFactory, NodeId, RpcHandler, Transport};
+use crate::network::{LeaderContact, NetworkFactory, NodeId, RpcHandler, Transport};
 use crate::state::{
     Command, CommandError, Compacted, DEFAULT_HISTORY_REVISIONS, Event, KvState, LeaseId, Outcome,
     Revision,
@@ -269,7 +269,7 @@ pub struct RaftNode {
     /// Switches openraft's elections on only when a majority hears no leader (pre-vote).
     election_gate: tokio::task::JoinHandle<()>,
     /// When a leader was last heard, shared with every [`RpcHandler`].
-    contact: Arc<election::LeaderContact>,
+    contact: Arc<LeaderContact>,
     /// openraft's leader lease, for the handlers' pre-vote answers.
     leader_lease: Duration,
     proposer: Proposer,
@@ -430,7 +430,7 @@ impl RaftNode {
         .map_err(RaftNodeError::stopped)?;
         // Off until the gate has heard from a majority that no leader is about; see `election`.
         raft.runtime_config().elect(false);
-        let contact = Arc::new(election::LeaderContact::new());
+        let contact = Arc::new(LeaderContact::new());
         let election_gate = tokio::spawn(election::run(
             id,
             raft.clone(),

@@ -15,61 +15,21 @@
 //! is followed by an election that can pass. Bootstrapping is not gated (openraft's `initialize`
 //! elects directly), nor is a cluster of one voter.
 //!
-//! The decisions ([`step`], [`majority`]) are pure and unit-tested; [`run`] does the I/O.
+//! The decisions ([`step`], [`majority`]) are pure and unit-tested; [`run`] does the I/O. The
+//! question and the answering side live with the other requests in [`crate::network`].
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use openraft::{Raft, ServerState};
-use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::network::{NodeId, RpcKind, Transport, WireRequest};
+use crate::network::{
+    LeaderContact, NodeId, PreVote, PreVoteReply, RpcKind, Transport, WireRequest,
+};
 use crate::storage::TypeConfig;
-
-/// The question a member asks the other voters before it stands: do you hear a leader?
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct PreVote {
-    /// Who asks, for the responder's log.
-    pub(crate) candidate: NodeId,
-}
-
-/// The answer: `true` if the asked voter would vote, as far as leaders go.
-pub(crate) type PreVoteReply = bool;
-
-/// When this member last heard from a leader it accepts: the receiving side stamps it on every
-/// append-entries request or snapshot it takes. Starts as "at start-up": a restarted member
-/// gives the leader its election timeout to reach it before it asks.
-#[derive(Debug)]
-pub(crate) struct LeaderContact {
-    origin: Instant,
-    /// Nanoseconds from `origin` to the last contact.
-    last: AtomicU64,
-}
-
-impl LeaderContact {
-    pub(crate) fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-            last: AtomicU64::new(0),
-        }
-    }
-
-    /// A leader was heard just now.
-    pub(crate) fn heard(&self) {
-        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.last.fetch_max(nanos, Ordering::Relaxed);
-    }
-
-    /// How long no leader has been heard, as of `now`.
-    pub(crate) fn silent_for(&self, now: Instant) -> Duration {
-        let last = self.origin + Duration::from_nanos(self.last.load(Ordering::Relaxed));
-        now.saturating_duration_since(last)
-    }
-}
 
 /// The timing the gate and the granting side work with, from the member's Raft config.
 #[derive(Debug, Clone, Copy)]
@@ -129,13 +89,6 @@ pub(crate) fn step(
 /// Whether `granted` of `voters` (the asking member's own included) is a majority.
 pub(crate) fn majority(granted: usize, voters: usize) -> bool {
     granted * 2 > voters
-}
-
-/// Whether this member grants a pre-vote now: it does not lead, and has heard no leader for
-/// the lease.
-pub(crate) fn grants(raft: &Raft<TypeConfig>, contact: &LeaderContact, lease: Duration) -> bool {
-    let leads = raft.metrics().borrow().state == ServerState::Leader;
-    !leads && contact.silent_for(Instant::now()) >= lease
 }
 
 /// The gate task: every tick, decides whether openraft may stand this member for election.
