@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::peer::PeerConn;
 use crate::registry::{Instance, Registry};
+use crate::sync::{Locked as _, RwLocked as _};
 
 /// Weight of a new latency sample in the EWMA, out of 8.
 const EWMA_NEW_EIGHTHS: u64 = 2;
@@ -167,20 +168,10 @@ impl Balancer {
 
     pub(crate) fn stats(&self, addr: SocketAddr) -> Arc<InstanceStats> {
         // Read-mostly: every call looks its candidates up, and only a new instance inserts.
-        if let Some(stats) = self
-            .stats
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&addr)
-        {
+        if let Some(stats) = self.stats.read_locked().get(&addr) {
             return stats.clone();
         }
-        self.stats
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(addr)
-            .or_default()
-            .clone()
+        self.stats.write_locked().entry(addr).or_default().clone()
     }
 
     /// Takes `addr` out of rotation now; `probe` is run (once at a time) to bring it back.
@@ -199,7 +190,7 @@ impl Balancer {
     /// Forgets instances that left the registry (their probes stop) and returns their
     /// addresses, so that the caller can give up on calls still waiting on them.
     pub(crate) fn retain(&self, keep: impl Fn(SocketAddr) -> bool) -> Vec<SocketAddr> {
-        let mut stats = self.stats.write().unwrap_or_else(PoisonError::into_inner);
+        let mut stats = self.stats.write_locked();
         let mut gone = Vec::new();
         stats.retain(|addr, s| {
             let kept = keep(*addr);
@@ -339,7 +330,7 @@ pub(crate) enum Choice<T> {
 impl Clone for Picker {
     /// A clone starts with the same home and finds its candidates afresh.
     fn clone(&self) -> Self {
-        let home = self.lock().home;
+        let home = self.state.locked().home;
         Self {
             state: Mutex::new(PickerState {
                 home,
@@ -352,7 +343,7 @@ impl Clone for Picker {
 
 impl std::fmt::Debug for Picker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let state = self.lock();
+        let state = self.state.locked();
         f.debug_struct("Picker")
             .field("generation", &state.generation)
             .field("candidates", &state.candidates.len())
@@ -362,10 +353,6 @@ impl std::fmt::Debug for Picker {
 }
 
 impl Picker {
-    fn lock(&self) -> std::sync::MutexGuard<'_, PickerState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Counts one call for the retry budget. Returns whether the call's latency should feed
     /// the instance's EWMA: one call in [`SAMPLE_EVERY`] does, which follows the latency as
     /// well at any useful rate and spares the other calls a clock read and two stores to a
@@ -398,7 +385,7 @@ impl Picker {
         now: Instant,
         chosen: impl FnOnce(&Instance) -> R,
     ) -> Choice<(Picked, R)> {
-        let mut state = self.lock();
+        let mut state = self.state.locked();
         let generation = registry.generation();
         if state.generation != Some(generation) {
             state.refresh(balancer, registry, service, wanted);
@@ -699,7 +686,7 @@ impl RetryBudget {
 
     /// Takes one retry from the budget, if there is one.
     pub(crate) fn withdraw(&self, now: Instant) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.state.locked();
         let deposited = self.deposited.swap(0, Ordering::Relaxed);
         let elapsed_ms =
             u64::try_from(now.saturating_duration_since(s.1).as_millis()).unwrap_or(u64::MAX);

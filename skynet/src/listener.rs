@@ -31,10 +31,11 @@ use std::future::Future;
 use std::io::IoSlice;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::sync::Locked as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -312,7 +313,7 @@ pub(crate) struct Slot {
 impl Slot {
     fn state(&self) -> MutexGuard<'_, State> {
         // The state is a few plain fields, valid after any panic.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.locked()
     }
 
     /// Wraps the connection's socket (or one half of it) so that its reads and writes move
@@ -564,7 +565,7 @@ pub(crate) struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.table.lock().remove(self.slot.id);
+        self.table.inner.locked().remove(self.slot.id);
     }
 }
 
@@ -579,15 +580,10 @@ impl Table {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // Every change to the table is completed before anything can panic.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Gives a new connection from `peer` a slot, closing another connection to make room if
     /// needed; `None` if it must be closed instead.
     pub(crate) fn admit(self: &Arc<Self>, peer: SocketAddr, now: Instant) -> Option<Admitted> {
-        let mut inner = self.lock();
+        let mut inner = self.inner.locked();
         let held = inner.per_address.get(&peer.ip()).copied().unwrap_or(0);
         if held >= self.limits.per_address() {
             tracing::debug!(
@@ -638,7 +634,7 @@ impl Table {
 
     /// Closes every connection over a deadline and drains those past their lifetime.
     fn sweep(&self, now: Instant) {
-        let mut inner = self.lock();
+        let mut inner = self.inner.locked();
         let mut closing = Vec::new();
         for slot in inner.slots.values() {
             match slot.state().verdict(&self.limits, slot.opened, now) {
@@ -657,7 +653,7 @@ impl Table {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().slots.len()
+        self.inner.locked().slots.len()
     }
 }
 

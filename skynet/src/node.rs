@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -21,6 +21,7 @@ use crate::server::{self, InFlight, ServerState};
 use crate::service::{IntoService, ServiceDef, ServiceDefError};
 use crate::stats::StatsSnapshot;
 use crate::store::{self, ClientShared, Store, StoreCell, StoreConfig};
+use crate::sync::Locked as _;
 use crate::tls::Credentials;
 use crate::transport::{self, Bind};
 
@@ -559,12 +560,7 @@ impl Node {
     /// that long at most, and what was given up is logged. Idempotent.
     pub async fn shutdown(&self) {
         let inner = &self.inner;
-        if inner
-            .endpoint
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none()
-        {
+        if inner.endpoint.locked().is_none() {
             return;
         }
         inner.server.inflight.stop();
@@ -585,12 +581,7 @@ impl Node {
             }
         }
         store::stop_polls(&inner.store);
-        let Some(endpoint) = inner
-            .endpoint
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        else {
+        let Some(endpoint) = inner.endpoint.locked().take() else {
             return;
         };
         let left = inner
@@ -658,11 +649,7 @@ async fn bounded(
 impl Drop for NodeInner {
     fn drop(&mut self) {
         // Without this the accept loop keeps the endpoint, and the port, alive.
-        let endpoint = self
-            .endpoint
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let endpoint = self.endpoint.locked().take();
         if let Some(endpoint) = endpoint {
             endpoint.close(0u32.into(), b"node dropped");
         }

@@ -7,65 +7,24 @@
 //! [`RpcConfig::large_message`] bytes go on a stream of their own so they cannot delay small
 //! calls queued behind them.
 
-use std::collections::HashMap;
 use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker, ready};
 
 use futures_util::FutureExt as _;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::RpcConfig;
+use crate::id_map::{AddrMap, IdMap};
+use crate::sync::Locked as _;
 use crate::tls::CLUSTER_SERVER_NAME;
 use crate::transport::{FrameBuf, HandshakeRefusal, Incoming, ReadError};
 use crate::wire::{self, FrameKind, Status};
 
 const BATCH: usize = 64 << 10;
-
-/// Hashes keys that are ours, request ids and the addresses of the peers this node dials:
-/// sequential u64s need spreading across the table, not SipHash's protection against chosen
-/// keys, and every call hashes one of each.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        // Mixes rather than replaces, so that keys made of several fields (an address) use
-        // them all; a lone u64 from the zero state hashes to `n * K`.
-        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-}
-
-/// A map keyed by request id.
-pub(crate) type IdMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
-
-/// A map keyed by peer address.
-type AddrMap<V> = HashMap<SocketAddr, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// A response body: status, encoding, payload (see [`wire::parse_response`]).
 pub(crate) type ResponseBody = Vec<u8>;
@@ -107,7 +66,7 @@ struct PeersShared {
 
 impl PeersShared {
     fn cached(&self, addr: SocketAddr) -> Option<Arc<PeerConn>> {
-        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let live = self.live.locked();
         live.get(&addr).filter(|c| c.is_alive()).cloned()
     }
 
@@ -121,25 +80,15 @@ impl PeersShared {
     ) {
         let result = dial(&endpoint, &self.config, addr).await;
         if let Ok(conn) = &result {
-            let shut = self
-                .endpoint
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_none();
+            let shut = self.endpoint.locked().is_none();
             if shut {
                 conn.conn.close(0u32.into(), b"node shutting down");
             } else {
-                self.live
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(addr, conn.clone());
+                self.live.locked().insert(addr, conn.clone());
             }
         }
         // After the insert: a caller that finds no dial in progress finds the connection.
-        self.dialing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&addr);
+        self.dialing.locked().remove(&addr);
         outcome.send_replace(Some(result));
     }
 }
@@ -170,10 +119,7 @@ impl Peers {
             return Ok((conn, true));
         }
         let mut outcome = {
-            let mut dialing = shared
-                .dialing
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut dialing = shared.dialing.locked();
             // Again under the dialing lock: a dial that ended meanwhile recorded its
             // connection before it left the map.
             if let Some(conn) = shared.cached(addr) {
@@ -182,14 +128,9 @@ impl Peers {
             match dialing.get(&addr) {
                 Some(outcome) => outcome.clone(),
                 None => {
-                    let endpoint = shared
-                        .endpoint
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .clone()
-                        .ok_or_else(|| {
-                            PeerError::Unreachable("this node is shut down".to_owned())
-                        })?;
+                    let endpoint = shared.endpoint.locked().clone().ok_or_else(|| {
+                        PeerError::Unreachable("this node is shut down".to_owned())
+                    })?;
                     let (tx, rx) = tokio::sync::watch::channel(None);
                     dialing.insert(addr, rx.clone());
                     tokio::spawn(shared.clone().dial(endpoint, addr, tx));
@@ -214,12 +155,7 @@ impl Peers {
     /// left the registry), since a silently dead peer's connection looks alive until the idle
     /// timeout.
     pub(crate) fn forget_addr(&self, addr: SocketAddr, reason: &[u8]) {
-        let conn = self
-            .shared
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&addr);
+        let conn = self.shared.live.locked().remove(&addr);
         if let Some(conn) = conn {
             conn.dead.store(true, Ordering::SeqCst);
             conn.conn.close(0u32.into(), reason);
@@ -228,11 +164,7 @@ impl Peers {
 
     /// Forgets a connection that failed, so the next call redials.
     pub(crate) fn forget(&self, conn: &Arc<PeerConn>) {
-        let mut live = self
-            .shared
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut live = self.shared.live.locked();
         if live.get(&conn.addr).is_some_and(|c| Arc::ptr_eq(c, conn)) {
             live.remove(&conn.addr);
         }
@@ -240,18 +172,8 @@ impl Peers {
 
     /// Closes every connection this node dialed; no new ones can be made.
     pub(crate) fn close_all(&self) {
-        self.shared
-            .endpoint
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let live = std::mem::take(
-            &mut *self
-                .shared
-                .live
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        self.shared.endpoint.locked().take();
+        let live = std::mem::take(&mut *self.shared.live.locked());
         for conn in live.values() {
             conn.conn.close(0u32.into(), b"node shutting down");
         }
@@ -398,7 +320,7 @@ impl PeerConn {
     /// task (or nobody yet).
     #[cfg(test)]
     fn last_poller(&self) -> Option<u64> {
-        self.lock_read().last_poller
+        self.read.locked().last_poller
     }
 
     /// `error`, or [`PeerError::Refused`] if the peer closed the connection because it refused
@@ -421,7 +343,7 @@ impl PeerConn {
     /// Whether call `id` still waits for its reply, and whether the reader task reads.
     #[cfg(test)]
     fn waits(&self, id: u64) -> (bool, bool) {
-        let calls = self.lock_calls();
+        let calls = self.calls.locked();
         (calls.pending.contains_key(&id), calls.reader_active)
     }
 
@@ -460,14 +382,14 @@ impl PeerConn {
     ) -> Result<ResponseBody, PeerError> {
         let (tx, mut rx) = oneshot::channel();
         let lone = {
-            let mut calls = self.lock_calls();
+            let mut calls = self.calls.locked();
             calls.pending.insert(id, tx);
             let lone = calls.pending.len() == 1 && !calls.reader_active;
             if lone {
                 // Taken in the same step that finds the call alone (locks are always taken
                 // calls first, then read), so that from here every poll of an older lone
                 // call is refused (see [`LoneRead::poll`]).
-                self.lock_read().owner = Some(id);
+                self.read.locked().owner = Some(id);
             } else if !calls.reader_active {
                 calls.reader_active = true;
                 self.reader_wanted.notify_one();
@@ -518,17 +440,9 @@ impl PeerConn {
         }
     }
 
-    fn lock_calls(&self) -> std::sync::MutexGuard<'_, Calls> {
-        self.calls.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn lock_read(&self) -> std::sync::MutexGuard<'_, ReadSide> {
-        self.read.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Hands a response to the call waiting on `id`, if it still waits.
     fn deliver(&self, id: u64, body: ResponseBody) {
-        let waiter = self.lock_calls().pending.remove(&id);
+        let waiter = self.calls.locked().pending.remove(&id);
         if let Some(waiter) = waiter {
             let _ = waiter.send(body);
         }
@@ -538,7 +452,7 @@ impl PeerConn {
     fn shut(&self) {
         self.dead.store(true, Ordering::SeqCst);
         // Dropping the senders wakes every waiting caller with "connection lost".
-        let mut calls = self.lock_calls();
+        let mut calls = self.calls.locked();
         calls.pending.clear();
         calls.reader_active = false;
     }
@@ -571,17 +485,17 @@ impl PeerConn {
     fn poll_reader(&self, cx: &mut Context<'_>) -> Poll<bool> {
         loop {
             {
-                let mut calls = self.lock_calls();
+                let mut calls = self.calls.locked();
                 if calls.pending.is_empty() {
                     calls.reader_active = false;
                     // Idle, the reader wants no wake from the stream: with its waker kept,
                     // every lone call that polled last would wake it for nothing, and a
                     // second wake in a row hands a task to the other worker.
-                    self.lock_read().reader_waker = None;
+                    self.read.locked().reader_waker = None;
                     return Poll::Ready(true);
                 }
             }
-            let frame = ready!(self.lock_read().poll_frame(cx, None));
+            let frame = ready!(self.read.locked().poll_frame(cx, None));
             match self.response(frame) {
                 Ok((id, body)) => self.deliver(id, body),
                 Err(()) => return Poll::Ready(false),
@@ -613,7 +527,7 @@ impl PeerConn {
     }
 
     fn remove_pending(&self, id: u64) {
-        self.lock_calls().pending.remove(&id);
+        self.calls.locked().pending.remove(&id);
     }
 
     fn close_description(&self) -> String {
@@ -643,7 +557,7 @@ impl LoneRead<'_> {
                 return Poll::Ready(reply.map_err(|_| PeerError::Lost(conn.close_description())));
             }
             let frame = {
-                let mut read = conn.lock_read();
+                let mut read = conn.read.locked();
                 if read.owner != Some(self.id) {
                     // A newer call started alone, so ours is no longer waiting: the reader
                     // task read our reply and handed it over, and the oneshot said `Pending`
@@ -676,7 +590,7 @@ impl LoneRead<'_> {
 
 impl Drop for LoneRead<'_> {
     fn drop(&mut self) {
-        let mut read = self.conn.lock_read();
+        let mut read = self.conn.read.locked();
         if read.owner == Some(self.id) {
             read.owner = None;
         }
@@ -752,7 +666,6 @@ async fn read_loop(conn: Arc<PeerConn>) {
 
 #[cfg(test)]
 mod tests {
-    use std::hash::BuildHasher as _;
     use std::time::Duration;
 
     use tokio::sync::Semaphore;
@@ -930,18 +843,5 @@ mod tests {
         })
         .await
         .map_err(|_| anyhow::anyhow!("timed out waiting until {what}"))
-    }
-
-    #[test]
-    fn addresses_hash_by_every_field() {
-        let hasher = std::hash::BuildHasherDefault::<IdHasher>::default();
-        let hash = |addr: &str| hasher.hash_one(addr.parse::<SocketAddr>().expect("an address"));
-        let base = hash("127.0.0.1:5000");
-        for other in ["127.0.0.1:5001", "127.0.0.2:5000", "[::1]:5000"] {
-            assert_ne!(base, hash(other), "{other}");
-        }
-        // A lone id still spreads: consecutive ids land far apart.
-        let (a, b) = (hasher.hash_one(1u64), hasher.hash_one(2u64));
-        assert!((a ^ b).count_ones() > 8, "{a:x} {b:x}");
     }
 }

@@ -14,13 +14,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{EventKind, LeaseId, Op, Revision, Store, StoreError, Txn};
+use crate::sync::Locked as _;
 
 /// Where instance records live in the store.
 pub const INSTANCES_PREFIX: &str = "skynet/instances/";
@@ -440,17 +441,13 @@ impl Registration {
     }
 
     fn lease(&self) -> Option<LeaseId> {
-        *self.lease.lock().unwrap_or_else(PoisonError::into_inner)
+        *self.lease.locked()
     }
 
     /// Grants a new lease and writes every record bound to it, in one transaction.
     async fn register_all(&self) -> Result<(), StoreError> {
         let lease = self.store.lease_grant(self.config.ttl).await?;
-        let records = self
-            .records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let records = self.records.locked().clone();
         let puts = records
             .iter()
             .map(|r| put_op(r, lease))
@@ -462,7 +459,7 @@ impl Registration {
                 failure: Vec::new(),
             })
             .await?;
-        *self.lease.lock().unwrap_or_else(PoisonError::into_inner) = Some(lease);
+        *self.lease.locked() = Some(lease);
         Ok(())
     }
 
@@ -499,7 +496,7 @@ impl Registration {
         registered: bool,
     ) -> Result<bool, StoreError> {
         let record = {
-            let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut records = self.records.locked();
             let Some(record) = records.iter_mut().find(|r| r.service == service) else {
                 return Ok(false);
             };
@@ -523,8 +520,7 @@ impl Registration {
     pub(crate) async fn unregister_all(&self) -> Result<(), StoreError> {
         let services: Vec<String> = self
             .records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+            .locked()
             .iter()
             .map(|r| r.service.clone())
             .collect();

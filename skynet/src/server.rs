@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -21,9 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RpcConfig;
-use crate::peer::IdMap;
-use crate::service::{Context, ServiceDef};
+use crate::id_map::IdMap;
+use crate::service::{Context, ServiceDef, panic_message};
 use crate::stats::Outcome;
+use crate::sync::Locked as _;
 use crate::trace::{self, TraceId};
 use crate::transport::{FrameBuf, HandshakeRefusal, Incoming, RefusalLog};
 use crate::wire::{self, FrameKind, Status};
@@ -120,24 +121,14 @@ struct ConnState {
 
 impl ConnState {
     fn abort(&self, id: u64) {
-        let handle = self
-            .spawned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        let handle = self.spawned.locked().remove(&id);
         if let Some(handle) = handle {
             handle.abort();
         }
     }
 
     fn abort_all(&self) {
-        let handles: Vec<_> = self
-            .spawned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-            .map(|(_, h)| h)
-            .collect();
+        let handles: Vec<_> = self.spawned.locked().drain().map(|(_, h)| h).collect();
         for handle in handles {
             handle.abort();
         }
@@ -371,17 +362,13 @@ fn dispatch(
     let conn_for_task = conn.clone();
     // Hold the map lock across spawn and insert, so the task's own removal cannot run first
     // and leave a stale handle behind.
-    let mut spawned = conn.spawned.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut spawned = conn.spawned.locked();
     let task = tokio::spawn(async move {
         // Released when the task ends, or when it is aborted, polled or not.
         let _counted = counted;
         let _slot = slot;
         let frame = call.await;
-        conn_for_task
-            .spawned
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        conn_for_task.spawned.locked().remove(&id);
         let _ = tx.send(frame);
     });
     spawned.insert(id, task.abort_handle());
@@ -413,16 +400,6 @@ fn reply_frame(id: u64, outcome: std::thread::Result<Vec<u8>>) -> (Vec<u8>, Outc
             wire::write_response_message(&mut frame, id, Status::Internal, &message);
             (frame, Outcome::Internal)
         }
-    }
-}
-
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "non-string panic payload".to_owned()
     }
 }
 

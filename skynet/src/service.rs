@@ -456,6 +456,19 @@ pub(crate) fn encode_reply<Resp: Serialize, Err: Serialize>(
     out
 }
 
+/// The text of a handler's panic (its payload, when a string), for the caller's error: both
+/// the server's dispatch and a client's in-process call run handlers and turn a panic into
+/// [`Status::Internal`] rather than unwinding into the node.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -556,6 +556,7 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::Locked as _;
 
     #[test]
     fn issued_credentials_survive_a_round_trip_through_files() {
@@ -710,7 +711,7 @@ mod tests {
     #[cfg(unix)]
     impl std::io::Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(buf);
+            self.0.locked().extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -741,7 +742,7 @@ mod tests {
         });
         assert_eq!(again.expect("loads").chain, first.chain);
         other.expect("issues");
-        let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+        let logs = String::from_utf8(captured.0.locked().clone()).expect("utf-8");
         assert!(logs.contains("WARN"), "{logs}");
         assert!(logs.contains(&key.display().to_string()), "{logs}");
         assert!(

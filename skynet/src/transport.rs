@@ -10,6 +10,7 @@ use tokio::io::AsyncRead;
 
 use crate::config::RpcConfig;
 use crate::error::NodeError;
+use crate::sync::Locked as _;
 use crate::tls::{Credentials, TlsError};
 use crate::wire::{self, FrameKind, HEADER_LEN, Header, HeaderError};
 
@@ -257,10 +258,7 @@ impl RefusalLog {
 
     /// Whether a refusal from `ip` at `now` is logged, and if so how many before it were not.
     fn admit(&self, ip: IpAddr, now: std::time::Instant) -> Option<u64> {
-        let mut seen = self
-            .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = self.seen.locked();
         if let Some((last, unlogged)) = seen.get_mut(&ip) {
             if now.saturating_duration_since(*last) < REFUSAL_LOG_EVERY {
                 *unlogged += 1;

@@ -275,6 +275,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::sync::Locked as _;
 
     /// Answers each `service.method` from a script of outcomes (the last one repeats), and
     /// records every call.
@@ -289,14 +290,13 @@ mod tests {
     impl Script {
         fn on(self, target: &str, outcomes: Vec<Result<Value, HopError>>) -> Self {
             self.outcomes
-                .lock()
-                .expect("lock")
+                .locked()
                 .insert(target.to_owned(), outcomes.into());
             self
         }
 
         fn calls(&self) -> Vec<(String, Value)> {
-            self.calls.lock().expect("lock").clone()
+            self.calls.locked().clone()
         }
     }
 
@@ -308,11 +308,8 @@ mod tests {
             _deadline: Duration,
         ) -> Result<Value, HopError> {
             let target = hop.target();
-            self.calls
-                .lock()
-                .expect("lock")
-                .push((target.clone(), input.clone()));
-            let mut outcomes = self.outcomes.lock().expect("lock");
+            self.calls.locked().push((target.clone(), input.clone()));
+            let mut outcomes = self.outcomes.locked();
             let queue = outcomes.get_mut(&target).expect("scripted hop");
             if queue.len() > 1 {
                 queue.pop_front().expect("non-empty")
@@ -322,11 +319,11 @@ mod tests {
         }
 
         fn fire(&self, _route: &Route, number: usize, input: Value) {
-            self.fired.lock().expect("lock").push((number, input));
+            self.fired.locked().push((number, input));
         }
 
         fn skipped(&self, _route: &Route, number: usize, _error: &HopError) {
-            self.skipped.lock().expect("lock").push(number);
+            self.skipped.locked().push(number);
         }
     }
 
@@ -362,10 +359,7 @@ mod tests {
             script.calls(),
             [("a.m".to_owned(), json!(1)), ("b.m".to_owned(), json!(2))]
         );
-        assert_eq!(
-            *script.fired.lock().expect("lock"),
-            [(2, json!(2)), (4, json!(3))]
-        );
+        assert_eq!(*script.fired.locked(), [(2, json!(2)), (4, json!(3))]);
     }
 
     #[tokio::test]
@@ -385,7 +379,7 @@ mod tests {
             .await
             .expect_err("b stops the route");
         assert_eq!(script.calls()[1], ("b.m".to_owned(), json!("in")));
-        assert_eq!(*script.skipped.lock().expect("lock"), [1]);
+        assert_eq!(*script.skipped.locked(), [1]);
         assert_eq!(failure.hop, Some(2));
         assert_eq!(failure.service.as_deref(), Some("b"));
         assert_eq!(failure.kind, FailureKind::NoInstance);
