@@ -234,7 +234,7 @@ pub(crate) struct PeerConn {
     mux: mpsc::UnboundedSender<Vec<u8>>,
     /// Shared with the writer task, which holds it while it writes a batch.
     send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
-    calls: Mutex<Calls>,
+    calls: Mutex<PendingCalls>,
     /// Taken only for the length of a poll, by the reader task or a lone caller.
     read: Mutex<ReadSide>,
     /// Wakes the reader task when calls overlap.
@@ -244,13 +244,71 @@ pub(crate) struct PeerConn {
     max_frame: usize,
 }
 
-/// The calls waiting for a reply on a connection.
+/// The calls waiting for a reply on a connection, and who reads the replies: the call itself
+/// while it is alone, the reader task once calls overlap.
 #[derive(Default)]
-struct Calls {
-    pending: IdMap<oneshot::Sender<ResponseBody>>,
-    /// Whether the reader task reads for them; when not, at most one call waits, and it reads
-    /// for itself.
+struct PendingCalls {
+    waiting: IdMap<oneshot::Sender<ResponseBody>>,
+    /// Whether the reader task reads; when not, at most one call waits, and it reads for
+    /// itself.
     reader_active: bool,
+}
+
+/// Who reads the reply of a call just added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    /// The call itself: it is alone on the connection.
+    Itself,
+    /// The reader task, which was idle: wake it.
+    WakeTask,
+    /// The reader task, which is reading already.
+    Task,
+}
+
+impl PendingCalls {
+    /// Registers call `id`, whose reply goes to `reply`.
+    fn add(&mut self, id: u64, reply: oneshot::Sender<ResponseBody>) -> Reader {
+        self.waiting.insert(id, reply);
+        if self.reader_active {
+            Reader::Task
+        } else if self.waiting.len() == 1 {
+            Reader::Itself
+        } else {
+            self.reader_active = true;
+            Reader::WakeTask
+        }
+    }
+
+    /// Takes the reply channel of call `id`, if it still waits.
+    fn take(&mut self, id: u64) -> Option<oneshot::Sender<ResponseBody>> {
+        self.waiting.remove(&id)
+    }
+
+    /// Whether the reader task goes on reading: once no call waits it stops, and the next call
+    /// alone reads for itself.
+    fn reader_goes_on(&mut self) -> bool {
+        if self.waiting.is_empty() {
+            self.reader_active = false;
+        }
+        self.reader_active
+    }
+
+    /// The connection ended: every waiting call is dropped, which tells it so.
+    fn close(&mut self) {
+        self.waiting.clear();
+        self.reader_active = false;
+    }
+}
+
+/// What became of a frame a lone call tried to write itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DirectWrite {
+    /// It went (or its rest is being finished by a task holding the stream).
+    Written,
+    /// The stream was busy: the writer task takes the frame.
+    ForWriter,
+    /// The stream is broken: the call fails as not sent.
+    Broken,
 }
 
 /// The read half of the call stream, and who polls it.
@@ -344,7 +402,7 @@ impl PeerConn {
     #[cfg(test)]
     fn waits(&self, id: u64) -> (bool, bool) {
         let calls = self.calls.locked();
-        (calls.pending.contains_key(&id), calls.reader_active)
+        (calls.waiting.contains_key(&id), calls.reader_active)
     }
 
     /// A fresh request id for this connection.
@@ -383,26 +441,28 @@ impl PeerConn {
         let (tx, mut rx) = oneshot::channel();
         let lone = {
             let mut calls = self.calls.locked();
-            calls.pending.insert(id, tx);
-            let lone = calls.pending.len() == 1 && !calls.reader_active;
-            if lone {
-                // Taken in the same step that finds the call alone (locks are always taken
-                // calls first, then read), so that from here every poll of an older lone
-                // call is refused (see [`LoneRead::poll`]).
-                self.read.locked().owner = Some(id);
-            } else if !calls.reader_active {
-                calls.reader_active = true;
-                self.reader_wanted.notify_one();
+            match calls.add(id, tx) {
+                Reader::Itself => {
+                    // Taken in the same step that finds the call alone (locks are always
+                    // taken calls first, then read), so that from here every poll of an older
+                    // lone call is refused (see [`LoneRead::poll`]).
+                    self.read.locked().owner = Some(id);
+                    true
+                }
+                Reader::WakeTask => {
+                    self.reader_wanted.notify_one();
+                    false
+                }
+                Reader::Task => false,
             }
-            lone
         };
         // `shut` marks the connection dead before it drains `pending`; checking after our
         // insert means we either see the mark or our entry is drained.
         let sent = !self.dead.load(Ordering::SeqCst)
             && match lone.then(|| self.write_directly(&frame)) {
-                Some(Ok(true)) => true,
-                Some(Err(())) => false,
-                Some(Ok(false)) | None => self.mux.send(frame).is_ok(),
+                Some(DirectWrite::Written) => true,
+                Some(DirectWrite::Broken) => false,
+                Some(DirectWrite::ForWriter) | None => self.mux.send(frame).is_ok(),
             };
         if !sent {
             self.remove_pending(id);
@@ -417,32 +477,31 @@ impl PeerConn {
         }
     }
 
-    /// Writes `frame` from the caller's task when the stream is free: `Ok(true)` if it went,
-    /// `Ok(false)` if the writer task should take it, `Err` if the stream is broken. A frame
-    /// quinn takes only part of (flow control) is finished by a task that holds the stream,
-    /// so no other frame can come between its parts.
-    fn write_directly(&self, frame: &[u8]) -> Result<bool, ()> {
+    /// Writes `frame` from the caller's task when the stream is free. A frame quinn takes only
+    /// part of (flow control) is finished by a task that holds the stream, so no other frame
+    /// can come between its parts.
+    fn write_directly(&self, frame: &[u8]) -> DirectWrite {
         let Ok(mut send) = self.send.clone().try_lock_owned() else {
-            return Ok(false);
+            return DirectWrite::ForWriter;
         };
         // quinn's `write` is cancel-safe: when it is not ready, nothing was written.
         match send.write(frame).now_or_never() {
-            None => Ok(false),
-            Some(Err(_)) => Err(()),
-            Some(Ok(n)) if n == frame.len() => Ok(true),
+            None => DirectWrite::ForWriter,
+            Some(Err(_)) => DirectWrite::Broken,
+            Some(Ok(n)) if n == frame.len() => DirectWrite::Written,
             Some(Ok(n)) => {
                 let rest = frame[n..].to_vec();
                 tokio::spawn(async move {
                     let _ = send.write_all(&rest).await;
                 });
-                Ok(true)
+                DirectWrite::Written
             }
         }
     }
 
     /// Hands a response to the call waiting on `id`, if it still waits.
     fn deliver(&self, id: u64, body: ResponseBody) {
-        let waiter = self.calls.locked().pending.remove(&id);
+        let waiter = self.calls.locked().take(id);
         if let Some(waiter) = waiter {
             let _ = waiter.send(body);
         }
@@ -452,30 +511,29 @@ impl PeerConn {
     fn shut(&self) {
         self.dead.store(true, Ordering::SeqCst);
         // Dropping the senders wakes every waiting caller with "connection lost".
-        let mut calls = self.calls.locked();
-        calls.pending.clear();
-        calls.reader_active = false;
+        self.calls.locked().close();
     }
 
-    /// What one poll of the stream gave: a response to deliver, or `Err` when the stream is
-    /// done for (ended, broken, or carrying something that is not a response).
-    fn response(&self, frame: Result<Incoming, ReadError>) -> Result<(u64, ResponseBody), ()> {
+    /// What one poll of the stream gave: a response to deliver (its call's id and body), or
+    /// `None` when the stream is done for (ended, broken, or carrying something that is not a
+    /// response).
+    fn response(&self, frame: Result<Incoming, ReadError>) -> Option<(u64, ResponseBody)> {
         match frame {
-            Ok(Incoming::Frame(h, body)) if h.kind == FrameKind::Response => Ok((h.id, body)),
+            Ok(Incoming::Frame(h, body)) if h.kind == FrameKind::Response => Some((h.id, body)),
             Ok(Incoming::Oversized {
                 kind: FrameKind::Response,
                 id,
                 body_len,
                 limit,
-            }) => Ok((id, too_large_reply(body_len, limit))),
-            Ok(Incoming::End) => Err(()),
+            }) => Some((id, too_large_reply(body_len, limit))),
+            Ok(Incoming::End) => None,
             Ok(_) => {
                 tracing::debug!(peer = %self.addr, "unexpected frame on a call stream");
-                Err(())
+                None
             }
             Err(e) => {
                 tracing::debug!(peer = %self.addr, error = %e, "call stream failed");
-                Err(())
+                None
             }
         }
     }
@@ -485,9 +543,7 @@ impl PeerConn {
     fn poll_reader(&self, cx: &mut Context<'_>) -> Poll<bool> {
         loop {
             {
-                let mut calls = self.calls.locked();
-                if calls.pending.is_empty() {
-                    calls.reader_active = false;
+                if !self.calls.locked().reader_goes_on() {
                     // Idle, the reader wants no wake from the stream: with its waker kept,
                     // every lone call that polled last would wake it for nothing, and a
                     // second wake in a row hands a task to the other worker.
@@ -497,8 +553,8 @@ impl PeerConn {
             }
             let frame = ready!(self.read.locked().poll_frame(cx, None));
             match self.response(frame) {
-                Ok((id, body)) => self.deliver(id, body),
-                Err(()) => return Poll::Ready(false),
+                Some((id, body)) => self.deliver(id, body),
+                None => return Poll::Ready(false),
             }
         }
     }
@@ -527,7 +583,7 @@ impl PeerConn {
     }
 
     fn remove_pending(&self, id: u64) {
-        self.calls.locked().pending.remove(&id);
+        self.calls.locked().take(id);
     }
 
     fn close_description(&self) -> String {
@@ -570,7 +626,7 @@ impl LoneRead<'_> {
                 ready!(read.poll_frame(cx, Some(self.id)))
             };
             match conn.response(frame) {
-                Ok((id, body)) if id == self.id => {
+                Some((id, body)) if id == self.id => {
                     // Closed first, dropping our sender does not wake this very task: a task
                     // woken while it runs is queued behind the others and wakes the other
                     // worker to take it.
@@ -578,8 +634,8 @@ impl LoneRead<'_> {
                     conn.remove_pending(id);
                     return Poll::Ready(Ok(body));
                 }
-                Ok((id, body)) => conn.deliver(id, body),
-                Err(()) => {
+                Some((id, body)) => conn.deliver(id, body),
+                None => {
                     conn.shut();
                     return Poll::Ready(Err(PeerError::Lost(conn.close_description())));
                 }
@@ -843,5 +899,46 @@ mod tests {
         })
         .await
         .map_err(|_| anyhow::anyhow!("timed out waiting until {what}"))
+    }
+
+    fn reply() -> oneshot::Sender<ResponseBody> {
+        oneshot::channel().0
+    }
+
+    #[test]
+    fn a_call_alone_reads_for_itself_and_the_next_wakes_the_reader_once() {
+        let mut calls = PendingCalls::default();
+        assert_eq!(calls.add(1, reply()), Reader::Itself);
+        assert_eq!(calls.add(2, reply()), Reader::WakeTask);
+        assert_eq!(calls.add(3, reply()), Reader::Task);
+        // The reader reads while any call waits, and only then gives reading back.
+        assert!(calls.take(1).is_some() && calls.take(3).is_some());
+        assert!(calls.reader_goes_on());
+        assert!(calls.take(2).is_some());
+        assert!(!calls.reader_goes_on());
+        assert_eq!(calls.add(4, reply()), Reader::Itself);
+    }
+
+    #[test]
+    fn a_call_that_went_is_not_answered_twice() {
+        let mut calls = PendingCalls::default();
+        calls.add(7, reply());
+        assert!(calls.take(7).is_some());
+        assert!(calls.take(7).is_none());
+    }
+
+    #[test]
+    fn a_closed_connection_drops_every_waiting_call_and_the_reader() {
+        let mut calls = PendingCalls::default();
+        let (tx, mut rx) = oneshot::channel();
+        calls.add(1, tx);
+        calls.add(2, reply());
+        calls.close();
+        assert!(
+            matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
+            "the waiting call was not told"
+        );
+        assert!(!calls.reader_goes_on());
+        assert_eq!(calls.add(3, reply()), Reader::Itself);
     }
 }
