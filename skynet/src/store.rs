@@ -23,6 +23,7 @@ mod error;
 mod handle;
 mod member;
 mod membership;
+mod seek;
 mod watch;
 mod wire;
 

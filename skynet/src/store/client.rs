@@ -1,82 +1,52 @@
 //! The client side: a client node's way to the store (its seeds, the members it learned, the
 //! member that answered last, the members it suspects) and the loop that learns the members.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::handle::Backend;
+use super::seek::Seeker;
 use super::wire::{Reply, Request};
 use super::{Store, StoreConfig, StoreStatus, random_u64};
 
 /// Between two such questions, and the deadline of each.
 pub(super) const PROBE_INTERVAL: Duration = Duration::from_millis(50);
-/// How long a client avoids a member that stopped answering.
-pub(super) const SUSPECT_FOR: Duration = Duration::from_secs(2);
 /// A client's pause after every seed was tried without an answer.
 pub(super) const CLIENT_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
-/// A client node's way to the store: the seeds, and the member that answered last.
+/// A client node's way to the store: its configuration, and what it knows of the members (see
+/// [`Seeker`]), shared by its requests and watches.
 pub(crate) struct ClientShared {
     pub(super) config: StoreConfig,
-    /// The members the store named (beyond the seeds), refreshed by [`learn_members`]: a
-    /// client whose seeds are gone still finds the cluster through them.
-    learned: std::sync::Mutex<Vec<SocketAddr>>,
-    /// The member that answered the last request (the leader, for requests only it serves):
-    /// tried first. Cleared when it fails.
-    preferred: std::sync::Mutex<Option<SocketAddr>>,
-    /// Where this client starts in the seed list, so that clients spread over the members.
-    start: usize,
-    /// Members that stopped answering, and since when: skipped for [`SUSPECT_FOR`].
-    suspects: std::sync::Mutex<HashMap<SocketAddr, Instant>>,
+    /// The members to ask, the one that answered last, the suspects; decisions in [`Seeker`].
+    seeker: Mutex<Seeker>,
 }
 
 impl ClientShared {
     pub(crate) fn new(config: StoreConfig) -> Arc<Self> {
         let start = usize::try_from(random_u64() % config.seeds.len().max(1) as u64).unwrap_or(0);
-        Arc::new(Self {
-            config,
-            learned: std::sync::Mutex::default(),
-            preferred: std::sync::Mutex::new(None),
-            start,
-            suspects: std::sync::Mutex::default(),
-        })
+        let seeker = Mutex::new(Seeker::new(config.seeds.clone(), start));
+        Arc::new(Self { config, seeker })
+    }
+
+    fn seeker(&self) -> MutexGuard<'_, Seeker> {
+        self.seeker.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Marks `addr` as not answering: requests avoid it for a while, and a watch poll waiting
     /// on it moves elsewhere.
     pub(super) fn suspect(&self, addr: SocketAddr) {
-        self.suspects
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(addr, Instant::now());
-        if self.preferred() == Some(addr) {
-            self.set_preferred(None);
-        }
+        self.seeker().suspect(addr, Instant::now());
     }
 
     /// `addr` answered: whatever it was suspected of, it is up (a restarted member, say).
     pub(super) fn cleared(&self, addr: SocketAddr) {
-        self.suspects
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&addr);
+        self.seeker().cleared(addr);
     }
 
     pub(super) fn is_suspect(&self, addr: SocketAddr) -> bool {
-        let mut suspects = self
-            .suspects
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match suspects.get(&addr) {
-            Some(since) if since.elapsed() < SUSPECT_FOR => true,
-            Some(_) => {
-                suspects.remove(&addr);
-                false
-            }
-            None => false,
-        }
+        self.seeker().is_suspect(addr, Instant::now())
     }
 
     /// Resolves once `addr` is suspected (by any request of this client).
@@ -86,29 +56,19 @@ impl ClientShared {
         }
     }
 
-    pub(super) fn preferred(&self) -> Option<SocketAddr> {
-        *self
-            .preferred
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// An attempt got its answer from `target`.
+    pub(super) fn answered(&self, target: Option<SocketAddr>) {
+        self.seeker().answered(target);
     }
 
-    pub(super) fn set_preferred(&self, addr: Option<SocketAddr>) {
-        *self
-            .preferred
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = addr;
+    /// An attempt failed at `target`.
+    pub(super) fn failed(&self, target: Option<SocketAddr>) {
+        self.seeker().failed(target);
     }
 
     /// The members to ask: the seeds, then the members the store named that are not seeds.
     pub(super) fn candidates(&self) -> Vec<SocketAddr> {
-        let learned = self
-            .learned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut all = self.config.seeds.clone();
-        all.extend(learned.iter().filter(|a| !self.config.seeds.contains(a)));
-        all
+        self.seeker().candidates()
     }
 
     /// Takes the members a member named as the ones to fall back on.
@@ -118,35 +78,20 @@ impl ClientShared {
             .values()
             .filter_map(|addr| addr.parse().ok())
             .collect();
-        if !members.is_empty() {
-            *self
-                .learned
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = members;
-        }
+        self.seeker().learn(members);
     }
 
     /// Whether attempt `round` completed a pass over every member to ask.
     pub(super) fn asked_every_seed(&self, round: usize) -> bool {
-        (round + 1).is_multiple_of(self.candidates().len().max(1))
+        self.seeker().asked_every_seed(round)
     }
 
-    /// The member to try first in attempt `round`: the preferred one, then the seeds and the
-    /// members learned from the store in turn, skipping suspects unless every one is.
+    /// The member to try first in attempt `round` (see [`Seeker::target`]).
     pub(super) fn target(&self, round: usize) -> SocketAddr {
-        if round == 0
-            && let Some(addr) = self.preferred()
-        {
-            return addr;
-        }
-        let candidates = self.candidates();
-        let nth = |i: usize| candidates[(self.start + round + i) % candidates.len()];
-        (0..candidates.len())
-            .map(nth)
-            .find(|addr| !self.is_suspect(*addr))
-            .unwrap_or_else(|| nth(0))
+        self.seeker().target(round, Instant::now())
     }
 }
+
 /// How often a store client asks for the cluster's members.
 const MEMBERS_REFRESH: Duration = Duration::from_secs(5);
 

@@ -9,13 +9,13 @@ use skynet_raft::state::Command;
 
 use super::client::{CLIENT_RETRY_PAUSE, ClientShared, PROBE_INTERVAL};
 use super::member::StoreShared;
+use super::seek::{self, Attempts, Redirect, abandoned, call_failed, no_answer, redirect};
 use super::watch::{ClientWatch, WatchInner};
 use super::wire::{Refusal, Reply, Request};
 use super::{
     Compare, CompareOp, CompareTarget, EXECUTE, KeyValue, LeaseId, Op, OpResponse, Outcome,
     Revision, STORE_SERVICE, StoreConfig, StoreError, StoreStatus, StoreWatch, Txn, random_u64,
 };
-use crate::error::CallError;
 use crate::node::Node;
 
 /// How long to wait for a leader between attempts of a forwarded request.
@@ -27,41 +27,6 @@ const MAX_HOPS: usize = 4;
 /// the idle timeout, so silence alone says little; another member naming a different leader
 /// does.
 const PROBE_AFTER: Duration = Duration::from_millis(100);
-
-/// The one text for a member that did not answer a request in the time it had.
-pub(super) fn no_answer(member: SocketAddr, within: Duration) -> String {
-    format!("{member} gave no answer within {within:?}")
-}
-
-/// The error of a request whose every attempt failed: the most telling failure, with the
-/// members asked and for how long.
-fn attempts_failed(
-    cause: Option<StoreError>,
-    asked: &[SocketAddr],
-    timeout: Duration,
-) -> StoreError {
-    let asked = match asked {
-        [] => String::new(),
-        addrs => format!(
-            "; asked {}",
-            addrs
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    match cause {
-        Some(StoreError::Unreachable(reason)) => {
-            StoreError::Unreachable(format!("{reason} (for {timeout:?}{asked})"))
-        }
-        Some(StoreError::Timeout(reason)) => {
-            StoreError::Timeout(format!("{reason} (for {timeout:?}{asked})"))
-        }
-        Some(other) => other,
-        None => StoreError::Timeout(format!("no attempt within {timeout:?}")),
-    }
-}
 
 /// Where a [`Store`] sends its requests.
 #[derive(Clone)]
@@ -137,32 +102,20 @@ impl Store {
     async fn execute(&self, req: Request, timeout: Duration) -> Result<Reply, StoreError> {
         let deadline = Instant::now() + timeout;
         let mut round = 0;
-        // What the attempts met, for the error if none succeeds: the members asked, and the
-        // most telling failure (an attempt that only ran out of the time left says less than
-        // the connection failures before it).
-        let mut asked: Vec<SocketAddr> = Vec::new();
-        let mut cause: Option<StoreError> = None;
+        let mut attempts = Attempts::default();
         loop {
             let first = match &self.backend {
                 Backend::Member(_) => None,
                 Backend::Client(client) => Some(client.target(round)),
             };
-            if let Some(addr) = first.filter(|a| !asked.contains(a)) {
-                asked.push(addr);
-            }
-            let last = match self.follow(first, &req, deadline).await {
+            attempts.asking(first);
+            match self.follow(first, &req, deadline).await {
                 Ok(reply) => return Ok(reply),
-                Err(Refusal::Failed(e)) => return Err(e),
-                Err(Refusal::NotLeader { .. }) => StoreError::Timeout("no leader elected".into()),
-                Err(Refusal::NotReady(reason)) => StoreError::Timeout(reason),
-                Err(Refusal::Unreachable(reason)) => StoreError::Unreachable(reason),
-            };
-            if cause.is_none() || !matches!(last, StoreError::Timeout(_)) {
-                cause = Some(last);
+                Err(refusal) => attempts.failed(refusal)?,
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(attempts_failed(cause, &asked, timeout));
+                return Err(attempts.give_up(timeout));
             }
             self.pause(round, remaining.min(LEADER_POLL)).await;
             round += 1;
@@ -219,32 +172,24 @@ impl Store {
             match result {
                 Ok(reply) => {
                     if let Backend::Client(client) = &self.backend {
-                        client.set_preferred(target);
-                        if let Some(addr) = target {
-                            client.cleared(addr);
-                        }
+                        client.answered(target);
                     }
                     return Ok(reply);
                 }
                 Err(Refusal::NotLeader {
                     leader_addr: Some(addr),
-                }) => match addr.parse::<SocketAddr>() {
-                    Ok(addr) if self.is_suspect(addr) && !self.leads(addr).await => {
+                }) => match redirect(&addr, own, is_member, |a| self.is_suspect(a)) {
+                    Redirect::Ask(next) => target = next,
+                    Redirect::ConfirmFirst(addr) if self.leads(addr).await => target = Some(addr),
+                    Redirect::ConfirmFirst(_) => {
                         // Named by a member that has not noticed yet that it is gone.
                         return Err(Refusal::NotLeader { leader_addr: None });
                     }
-                    Ok(addr) => target = Some(addr).filter(|a| !(is_member && *a == own)),
-                    Err(e) => {
-                        return Err(Refusal::Failed(StoreError::Remote(format!(
-                            "leader address {addr:?}: {e}"
-                        ))));
-                    }
+                    Redirect::Fail(refusal) => return Err(refusal),
                 },
                 Err(e) => {
-                    if let Backend::Client(client) = &self.backend
-                        && client.preferred() == target
-                    {
-                        client.set_preferred(None);
+                    if let Backend::Client(client) = &self.backend {
+                        client.failed(target);
                     }
                     return Err(e);
                 }
@@ -259,22 +204,8 @@ impl Store {
         req: Request,
         remaining: Duration,
     ) -> Result<Reply, Refusal> {
-        // A write that reached a member which then stopped may or may not have been proposed;
-        // anything else is safe to send again to the next leader.
-        let is_write = matches!(req, Request::Write(_) | Request::Remove { .. });
-        // A join legitimately waits for the whole catch-up of the new member; a status is the
-        // asked member's own answer, whoever leads.
-        let watch_leader = !matches!(
-            req,
-            Request::Join { .. } | Request::Leader | Request::Status
-        );
-        let lost = |reason: String| {
-            if is_write {
-                Refusal::Failed(StoreError::Indeterminate(reason))
-            } else {
-                Refusal::Unreachable(reason)
-            }
-        };
+        let may_apply = seek::may_apply(&req);
+        let watch_leader = seek::watches_leader(&req);
         let client = self
             .node
             .client(STORE_SERVICE)
@@ -288,42 +219,17 @@ impl Store {
             () = self.leader_moved(addr), if watch_leader => {
                 tracing::debug!(member = %addr, "store request abandoned: another member leads");
                 self.suspect(addr);
-                let reason = format!("{addr} stopped answering; another member leads");
-                // With no live connection to the member the request is still waiting for one
-                // (a call on a connection that broke has ended already): it was never sent,
-                // and may go to the next leader like anything else.
-                return Err(if self.node.inner().peers.is_connected(addr) {
-                    lost(reason)
-                } else {
-                    Refusal::Unreachable(reason)
-                });
+                let connected = self.node.inner().peers.is_connected(addr);
+                return Err(abandoned(addr, may_apply, connected));
             }
         };
-        if let Err(e) = &outcome {
+        outcome.map_err(|e| {
             tracing::debug!(member = %addr, error = %e, "store request failed");
-        }
-        outcome.map_err(|e| match e {
-            CallError::Service(Refusal::Failed(StoreError::Stopped(reason))) => {
-                lost(format!("the leader stopped: {reason}"))
-            }
-            CallError::Service(refusal) => refusal,
-            e @ (CallError::Unreachable { .. } | CallError::Unavailable(_)) => {
+            let failure = call_failed(addr, e, may_apply);
+            if failure.suspect {
                 self.suspect(addr);
-                Refusal::Unreachable(e.to_string())
             }
-            CallError::DeadlineExceeded(d) => {
-                Refusal::Failed(StoreError::Timeout(no_answer(addr, d)))
-            }
-            // A member that refused the handshake (or whose certificate this node refused)
-            // refuses it again: that is the answer, not a reason to retry until the timeout.
-            e @ CallError::HandshakeRefused { .. } => {
-                Refusal::Failed(StoreError::Unreachable(e.to_string()))
-            }
-            CallError::ConnectionLost { reason, .. } => {
-                self.suspect(addr);
-                lost(reason)
-            }
-            e => Refusal::Failed(StoreError::Remote(e.to_string())),
+            failure.refusal
         })
     }
 

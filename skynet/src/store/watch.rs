@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::client::{CLIENT_RETRY_PAUSE, ClientShared};
+use super::seek::poll_failure_suspects;
 use super::wire::{Refusal, WatchBatch, WatchPoll};
 use super::{Event, Revision, STORE_SERVICE, StoreError, WATCH};
 use crate::error::CallError;
@@ -78,10 +79,7 @@ impl ClientWatch {
                 Err(CallError::Service(Refusal::Failed(e))) => return Err(e),
                 Err(e) => {
                     tracing::debug!(member = %target, error = %e, "watch poll failed; trying another member");
-                    // Only a failure of the member itself makes it suspect. A poll given up
-                    // because the member was suspected already must not renew the suspicion:
-                    // the watch would keep every member it ever moved away from suspected.
-                    if !abandoned && !matches!(e, CallError::Service(_)) {
+                    if poll_failure_suspects(&e, abandoned) {
                         self.client.suspect(target);
                     }
                     let since = *failing_since.get_or_insert_with(Instant::now);

@@ -43,7 +43,7 @@ pub(super) enum Reply {
 }
 
 /// Why the member asked could not serve a request.
-#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub(super) enum Refusal {
     /// Not the leader; try `leader_addr` (unknown while an election runs).
     #[error("not the leader (leader at {leader_addr:?})")]
