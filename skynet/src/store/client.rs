@@ -2,13 +2,14 @@
 //! member that answered last, the members it suspects) and the loop that learns the members.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::handle::Backend;
 use super::seek::Seeker;
 use super::wire::{Reply, Request};
 use super::{Store, StoreConfig, StoreStatus, random_u64};
+use crate::sync::Locked as _;
 
 /// Between two such questions, and the deadline of each.
 pub(super) const PROBE_INTERVAL: Duration = Duration::from_millis(50);
@@ -31,7 +32,7 @@ impl ClientShared {
     }
 
     fn seeker(&self) -> MutexGuard<'_, Seeker> {
-        self.seeker.lock().unwrap_or_else(PoisonError::into_inner)
+        self.seeker.locked()
     }
 
     /// Marks `addr` as not answering: requests avoid it for a while, and a watch poll waiting

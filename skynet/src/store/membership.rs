@@ -5,13 +5,14 @@
 //! last answered; [`Health`] fills that gap from the transport, which sees every reply.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, PoisonError, Weak};
+use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use skynet_raft::NodeMetrics;
 use tokio_util::sync::CancellationToken;
 
 use super::StoreShared;
+use crate::sync::Locked as _;
 
 /// A member that has not answered the leader for this long counts as dead. The leader sends each
 /// member a heartbeat every 30 ms and elections time out after 100–200 ms, so this is many
@@ -32,20 +33,17 @@ pub(super) struct Health {
 impl Health {
     /// Records an answer from `id`, now.
     pub(super) fn answered(&self, id: u64) {
-        self.lock().insert(id, Instant::now());
+        self.last.locked().insert(id, Instant::now());
     }
 
     /// The peers that answered at or after `since`.
     fn answered_since(&self, since: Instant) -> BTreeSet<u64> {
-        self.lock()
+        self.last
+            .locked()
             .iter()
             .filter(|(_, at)| **at >= since)
             .map(|(id, _)| *id)
             .collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instant>> {
-        self.last.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
