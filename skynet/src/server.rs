@@ -57,7 +57,30 @@ pub(crate) struct InFlight {
     idle: Notify,
 }
 
-pub(crate) struct InFlightGuard<'a>(&'a InFlight);
+/// Accepted calls' places in the in-flight count, given back when the guard drops. The places
+/// move between guards without ever leaving the count: a reply batch takes those of the calls
+/// whose replies it holds, and a spawned handler's task takes its call's ([`Counted`]).
+pub(crate) struct InFlightGuard<'a> {
+    inflight: &'a InFlight,
+    calls: usize,
+}
+
+impl<'a> InFlightGuard<'a> {
+    /// A guard holding no call yet.
+    fn empty(inflight: &'a InFlight) -> Self {
+        Self { inflight, calls: 0 }
+    }
+
+    /// Takes over the calls of `other`.
+    fn absorb(&mut self, mut other: InFlightGuard<'_>) {
+        self.calls += std::mem::take(&mut other.calls);
+    }
+
+    /// Gives back the calls held now.
+    fn release(&mut self) {
+        self.inflight.release(std::mem::take(&mut self.calls));
+    }
+}
 
 impl InFlight {
     /// Admits a call unless the node is draining. The increment comes before the check, and
@@ -65,7 +88,10 @@ impl InFlight {
     /// refused or counted: never accepted and missed.
     fn enter(&self, store_service: bool) -> Option<InFlightGuard<'_>> {
         self.count.fetch_add(1, Ordering::SeqCst);
-        let guard = InFlightGuard(self);
+        let guard = InFlightGuard {
+            inflight: self,
+            calls: 1,
+        };
         let refused = self.draining.load(Ordering::SeqCst)
             || (!store_service && self.stopping.load(Ordering::SeqCst));
         (!refused).then_some(guard)
@@ -107,7 +133,7 @@ impl InFlight {
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        self.0.release(1);
+        self.release();
     }
 }
 
@@ -201,9 +227,8 @@ async fn serve_stream(
     let mut replies = Replies {
         tx: &tx,
         send: &send,
-        inflight: &state.inflight,
         ready: Vec::with_capacity(WRITE_BATCH),
-        held: 0,
+        held: InFlightGuard::empty(&state.inflight),
     };
     loop {
         // Replies of calls that finished inline wait here while more requests are already
@@ -247,21 +272,19 @@ async fn serve_stream(
 /// mid-write, so a frame cannot be cut in half.) Replies of spawned handlers go through `tx`
 /// to the stream's writer task, which shares the stream behind the lock.
 /// The calls whose replies wait here stay counted as in flight until the replies reach the
-/// writer, so a graceful shutdown cannot finish the stream under them.
+/// writer (`held`), so a graceful shutdown cannot finish the stream under them.
 struct Replies<'a> {
     tx: &'a mpsc::UnboundedSender<Vec<u8>>,
     send: &'a tokio::sync::Mutex<quinn::SendStream>,
-    inflight: &'a InFlight,
     ready: Vec<u8>,
-    held: usize,
+    held: InFlightGuard<'a>,
 }
 
 impl Replies<'_> {
-    /// Queues the reply of a call that finished; its in-flight count is released on flush.
+    /// Queues the reply of a call that finished; its place in flight is given back on flush.
     fn push(&mut self, frame: Vec<u8>, call: InFlightGuard<'_>) {
         self.ready.extend_from_slice(&frame);
-        std::mem::forget(call);
-        self.held += 1;
+        self.held.absorb(call);
     }
 
     fn message(&mut self, id: u64, status: Status, message: &str) {
@@ -275,7 +298,7 @@ impl Replies<'_> {
             }
             self.ready.clear();
         }
-        self.inflight.release(std::mem::take(&mut self.held));
+        self.held.release();
     }
 }
 
@@ -357,8 +380,7 @@ fn dispatch(
     // The call's place in the in-flight count moves into the task as it is. Counting it anew
     // when the task first runs left a gap in which a shutdown could see no call in flight
     // and finish the stream under the running handlers.
-    std::mem::forget(guard);
-    let counted = Counted(state.clone());
+    let counted = Counted::take(guard, state.clone());
     let conn_for_task = conn.clone();
     // Hold the map lock across spawn and insert, so the task's own removal cannot run first
     // and leave a stale handle behind.
@@ -376,11 +398,22 @@ fn dispatch(
 }
 
 /// An accepted call's place in the in-flight count, owned by the task the call moved to.
-struct Counted(Arc<ServerState>);
+struct Counted {
+    state: Arc<ServerState>,
+    calls: usize,
+}
+
+impl Counted {
+    /// Takes over the calls of `guard` for a task that outlives the stream's reader.
+    fn take(mut guard: InFlightGuard<'_>, state: Arc<ServerState>) -> Self {
+        let calls = std::mem::take(&mut guard.calls);
+        Self { state, calls }
+    }
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.inflight.release(1);
+        self.state.inflight.release(self.calls);
     }
 }
 
@@ -439,5 +472,42 @@ async fn write_loop(
     if closed {
         // Wait until the peer has the replies before the connection is closed under them.
         let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn in_flight(inflight: &InFlight) -> usize {
+        inflight.count.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn places_in_flight_move_between_guards_and_are_given_back_once() {
+        let inflight = InFlight::default();
+        let (a, b) = (inflight.enter(false), inflight.enter(false));
+        let mut batch = InFlightGuard::empty(&inflight);
+        batch.absorb(a.expect("admitted"));
+        batch.absorb(b.expect("admitted"));
+        assert_eq!(in_flight(&inflight), 2, "absorbed calls stay counted");
+        batch.release();
+        assert_eq!(in_flight(&inflight), 0);
+        let c = inflight.enter(false).expect("admitted");
+        batch.absorb(c);
+        // A batch dropped before its flush gives its calls back too.
+        drop(batch);
+        assert_eq!(in_flight(&inflight), 0);
+    }
+
+    #[test]
+    fn a_stopping_node_refuses_its_services_but_not_the_stores() {
+        let inflight = InFlight::default();
+        inflight.stop();
+        assert!(inflight.enter(false).is_none());
+        let store_call = inflight.enter(true).expect("the store's services serve on");
+        assert_eq!(in_flight(&inflight), 1, "a refused call is not counted");
+        drop(store_call);
+        assert_eq!(in_flight(&inflight), 0);
     }
 }
