@@ -39,10 +39,34 @@ pub struct ServiceClient {
     picker: balance::Picker,
 }
 
-enum Route<'a> {
+/// Where a call goes.
+enum Target<'a> {
+    /// A service hosted by this node: no socket, no codec for typed calls.
     Local(&'a ServiceDef),
-    Remote(SocketAddr),
-    Discover(&'a Registry),
+    /// The node at an address.
+    Address(SocketAddr),
+    /// An instance chosen by name from the registry view.
+    ByName(&'a Registry),
+}
+
+/// A reply frame as a call got it: the response body starts at `body_at` (after the frame
+/// header for an in-process call, which produces a whole frame; at 0 from the network).
+struct Reply {
+    bytes: Vec<u8>,
+    body_at: usize,
+}
+
+impl Reply {
+    fn body(&self) -> &[u8] {
+        &self.bytes[self.body_at..]
+    }
+}
+
+/// A response body from the network, and whether it came over a connection that was open
+/// already (a call that had to dial says nothing about the instance's latency).
+struct Answer {
+    body: Vec<u8>,
+    warm: bool,
 }
 
 impl ServiceClient {
@@ -105,18 +129,18 @@ impl ServiceClient {
         self.deadline.unwrap_or(self.node.config().default_deadline)
     }
 
-    fn route(&self) -> Result<Route<'_>, String> {
+    fn target(&self) -> Result<Target<'_>, String> {
         let local = self.node.local_service(&self.service).filter(|def| {
             self.version
                 .as_ref()
                 .is_none_or(|v| v.matches(def.version()))
         });
         match (self.target, local) {
-            (Some(addr), Some(def)) if addr == self.node.local_addr() => Ok(Route::Local(def)),
-            (Some(addr), _) => Ok(Route::Remote(addr)),
-            (None, Some(def)) => Ok(Route::Local(def)),
+            (Some(addr), Some(def)) if addr == self.node.local_addr() => Ok(Target::Local(def)),
+            (Some(addr), _) => Ok(Target::Address(addr)),
+            (None, Some(def)) => Ok(Target::Local(def)),
             (None, None) => match self.node.inner().registry.get() {
-                Some(registry) => Ok(Route::Discover(registry)),
+                Some(registry) => Ok(Target::ByName(registry)),
                 None => Err(format!(
                     "service {:?} is not hosted here, no address was given (use .at(addr)), \
                      and this node has no store to discover it through",
@@ -152,29 +176,60 @@ impl ServiceClient {
         request: Req,
     ) -> Result<Resp, CallError<Err>> {
         let deadline = self.deadline();
-        match self.route() {
-            Ok(Route::Local(def)) => self.call_local(def, method, request, deadline).await,
-            Ok(Route::Remote(addr)) => {
-                let body = self
-                    .call_remote(addr, method, self.encoding, deadline, |out| {
-                        codec::encode_into(self.encoding, &request, out)
+        match self.target() {
+            Ok(Target::Local(def)) => self.call_local(def, method, request, deadline).await,
+            Ok(target) => {
+                let encoding = self.encoding;
+                let reply = self
+                    .call_encoded(target, method, encoding, deadline, |out| {
+                        codec::encode_into(encoding, &request, out)
                     })
                     .await?;
-                decode_reply(&body, &self.service, method, deadline)
+                decode_reply(reply.body(), &self.service, method, deadline)
             }
-            Ok(Route::Discover(registry)) => {
-                let body = self
-                    .call_discovered(registry, method, self.encoding, deadline, |out| {
-                        codec::encode_into(self.encoding, &request, out)
-                    })
-                    .await?;
-                decode_reply(&body, &self.service, method, deadline)
-            }
-            Err(reason) => Err(CallError::Unreachable {
-                target: self.service.to_string(),
-                reason,
-            }),
+            Err(reason) => Err(self.unreachable(reason)),
         }
+    }
+
+    fn unreachable<E>(&self, reason: String) -> CallError<E> {
+        CallError::Unreachable {
+            target: self.service.to_string(),
+            reason,
+        }
+    }
+
+    /// The one path of an encoded request, whatever its encoding and target: `payload`
+    /// writes the request into a frame (once per attempt; see `call_by_name`).
+    async fn call_encoded<E>(
+        &self,
+        target: Target<'_>,
+        method: &str,
+        encoding: Encoding,
+        deadline: Duration,
+        payload: impl Fn(&mut Vec<u8>) -> Result<(), CodecError>,
+    ) -> Result<Reply, CallError<E>> {
+        let bytes = match target {
+            Target::Local(def) => {
+                let mut request = Vec::new();
+                payload(&mut request).map_err(bad_request)?;
+                let frame = self
+                    .call_local_encoded(def, method, encoding, &request, deadline)
+                    .await?;
+                return Ok(Reply {
+                    bytes: frame,
+                    body_at: wire::HEADER_LEN,
+                });
+            }
+            Target::Address(addr) => {
+                let (frame, body_len) = self.request_frame(method, encoding, deadline, payload)?;
+                self.send(addr, None, frame, body_len, deadline).await?.body
+            }
+            Target::ByName(registry) => {
+                self.call_by_name(registry, method, encoding, deadline, payload)
+                    .await?
+            }
+        };
+        Ok(Reply { bytes, body_at: 0 })
     }
 
     /// Calls `method` with a JSON request and returns the JSON response, for callers that do
@@ -228,36 +283,14 @@ impl ServiceClient {
         payload: &[u8],
     ) -> Result<serde_json::Value, CallError<serde_json::Value>> {
         let deadline = self.deadline();
-        match self.route() {
-            Ok(Route::Local(def)) => {
-                let frame = self
-                    .call_local_encoded(def, method, Encoding::Json, payload, deadline)
-                    .await?;
-                decode_reply(&frame[wire::HEADER_LEN..], &self.service, method, deadline)
-            }
-            Ok(Route::Remote(addr)) => {
-                let body = self
-                    .call_remote(addr, method, Encoding::Json, deadline, |out| {
-                        out.extend_from_slice(payload);
-                        Ok(())
-                    })
-                    .await?;
-                decode_reply(&body, &self.service, method, deadline)
-            }
-            Ok(Route::Discover(registry)) => {
-                let body = self
-                    .call_discovered(registry, method, Encoding::Json, deadline, |out| {
-                        out.extend_from_slice(payload);
-                        Ok(())
-                    })
-                    .await?;
-                decode_reply(&body, &self.service, method, deadline)
-            }
-            Err(reason) => Err(CallError::Unreachable {
-                target: self.service.to_string(),
-                reason,
-            }),
-        }
+        let target = self.target().map_err(|reason| self.unreachable(reason))?;
+        let reply = self
+            .call_encoded(target, method, Encoding::Json, deadline, |out| {
+                out.extend_from_slice(payload);
+                Ok(())
+            })
+            .await?;
+        decode_reply(reply.body(), &self.service, method, deadline)
     }
 
     /// A call by name: picks an instance from the registry view and, when an attempt fails in
@@ -269,7 +302,7 @@ impl ServiceClient {
     ///
     /// `payload` encodes the request into a frame, once per attempt: re-encoding on the rare
     /// retry is cheaper than keeping a copy of every request.
-    async fn call_discovered<E>(
+    async fn call_by_name<E>(
         &self,
         registry: &Registry,
         method: &str,
@@ -339,12 +372,12 @@ impl ServiceClient {
             // retry budget, which is there to keep retries from piling onto sick instances.
             let mut stopping = false;
             let retry = match &outcome {
-                Ok((body, warm)) => {
-                    if *warm && sampled {
+                Ok(answer) => {
+                    if answer.warm && sampled {
                         call.answered();
                     }
                     // Refused before running (stopping, or at its limit): safe anywhere.
-                    match wire::parse_response(body) {
+                    match wire::parse_response(&answer.body) {
                         Ok((Status::Stopping, _, _)) => {
                             stopping = true;
                             true
@@ -374,7 +407,7 @@ impl ServiceClient {
             };
             drop(call);
             if !retry || !(stopping || balancer.budget().withdraw(Instant::now())) {
-                return outcome.map(|(body, _)| body);
+                return outcome.map(|answer| answer.body);
             }
             retries += 1;
             tracing::debug!(service = %self.service, method, %addr, retries, "retrying on another instance");
@@ -411,11 +444,16 @@ impl ServiceClient {
                 let request = request
                     .downcast::<Req>()
                     .map_err(|_| CallError::Internal("request type changed".to_owned()))?;
-                let payload = codec::encode(Encoding::Bincode, &*request).map_err(bad_request)?;
-                let frame = self
-                    .call_local_encoded(def, method, Encoding::Bincode, &payload, deadline)
+                let reply = self
+                    .call_encoded(
+                        Target::Local(def),
+                        method,
+                        Encoding::Bincode,
+                        deadline,
+                        |out| codec::encode_into(Encoding::Bincode, &*request, out),
+                    )
                     .await?;
-                return decode_reply(&frame[wire::HEADER_LEN..], &self.service, method, deadline);
+                return decode_reply(reply.body(), &self.service, method, deadline);
             }
         };
         let span = trace::serve_span(&self.service, method, 0, trace);
@@ -463,20 +501,6 @@ impl ServiceClient {
         result
     }
 
-    /// Sends one request to `addr`; returns the response body.
-    async fn call_remote<E>(
-        &self,
-        addr: SocketAddr,
-        method: &str,
-        encoding: Encoding,
-        deadline: Duration,
-        payload: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
-    ) -> Result<Vec<u8>, CallError<E>> {
-        let (frame, body_len) = self.request_frame(method, encoding, deadline, payload)?;
-        let (body, _) = self.send(addr, None, frame, body_len, deadline).await?;
-        Ok(body)
-    }
-
     /// Encodes a request frame and returns it with its body's length. Done before dialing, so
     /// an unencodable or oversized request is refused without touching the network. The id is
     /// filled in once the connection is known.
@@ -515,11 +539,9 @@ impl ServiceClient {
         Ok((frame, body_len))
     }
 
-    /// Sends a request frame to `addr` within `deadline`; returns the response body, and
-    /// whether the call went over a connection that was already open (one that had to be
-    /// dialed first says nothing about the instance's latency). With a `kept` connection
-    /// slot, a live connection in it is used without a look at the node's peer table, and an
-    /// empty slot gets the connection the call used.
+    /// Sends a request frame to `addr` within `deadline`. With a `kept` connection slot, a live
+    /// connection in it is used without a look at the node's peer table, and an empty slot
+    /// gets the connection the call used.
     async fn send<E>(
         &self,
         addr: SocketAddr,
@@ -527,7 +549,7 @@ impl ServiceClient {
         mut frame: Vec<u8>,
         body_len: usize,
         deadline: Duration,
-    ) -> Result<(Vec<u8>, bool), CallError<E>> {
+    ) -> Result<Answer, CallError<E>> {
         let peers = &self.node.inner().peers;
         let large = body_len >= self.node.config().large_message;
         let call = async {
@@ -552,7 +574,7 @@ impl ServiceClient {
             if result.is_err() {
                 peers.forget(conn);
             }
-            result.map(|body| (body, warm))
+            result.map(|body| Answer { body, warm })
         };
         match tokio::time::timeout(deadline, call).await {
             Err(_) => Err(CallError::DeadlineExceeded(deadline)),
@@ -721,11 +743,11 @@ mod tests {
             client.request_frame::<String>("say", Encoding::Bincode, DEADLINE, |out| {
                 codec::encode_into(Encoding::Bincode, &text.to_owned(), out)
             })?;
-        let (body, warm) = client
+        let answer = client
             .send::<String>(addr, Some(kept), frame, body_len, DEADLINE)
             .await?;
-        let reply: String = decode_reply::<String, String>(&body, "echo", "say", DEADLINE)?;
-        Ok((reply, warm))
+        let reply: String = decode_reply::<String, String>(&answer.body, "echo", "say", DEADLINE)?;
+        Ok((reply, answer.warm))
     }
 
     #[tokio::test]
