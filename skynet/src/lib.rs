@@ -132,10 +132,18 @@ pub use transport::Bind;
 /// request; they return `Result<Response, Error>` where all three types are serde types.
 pub use skynet_macros::service;
 
-// The README's examples are compiled and run as doctests.
+// The examples of the README and the guides are compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/guide.md")]
+struct GuideDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/routes.md")]
+struct RoutesDoctests;
 
 /// Items the generated code refers to. Not part of the public API.
 #[doc(hidden)]
