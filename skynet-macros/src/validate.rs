@@ -9,7 +9,7 @@ use syn::{FnArg, ItemImpl, LitStr, Receiver, ReturnType, Signature, Type};
 
 use crate::model::{Kind, Service, is_context, result_types, split_args};
 
-/// Same limit as the wire format's (`skynet::wire::MAX_NAME_LEN`): a name that does not fit
+/// Same limit as the wire format's (`MAX_NAME_LEN` in skynet's `wire` module): a name that does not fit
 /// would only fail when the node starts.
 const MAX_NAME_LEN: usize = 255;
 

@@ -40,7 +40,7 @@ impl Encoding {
 /// A payload could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum CodecError {
+pub(crate) enum CodecError {
     /// The bytes were not a valid encoding of the expected type.
     #[error("cannot decode {encoding:?} payload: {message}")]
     Decode {
@@ -77,7 +77,7 @@ fn bincode_config() -> impl bincode::config::Config {
 }
 
 /// Appends the encoding of `value` to `out`.
-pub fn encode_into<T: Serialize + ?Sized>(
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
     encoding: Encoding,
     value: &T,
     out: &mut Vec<u8>,
@@ -96,15 +96,22 @@ pub fn encode_into<T: Serialize + ?Sized>(
     }
 }
 
+#[cfg(test)]
 /// Encodes `value` into a new buffer.
-pub fn encode<T: Serialize + ?Sized>(encoding: Encoding, value: &T) -> Result<Vec<u8>, CodecError> {
+pub(crate) fn encode<T: Serialize + ?Sized>(
+    encoding: Encoding,
+    value: &T,
+) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::new();
     encode_into(encoding, value, &mut out)?;
     Ok(out)
 }
 
 /// Decodes one whole value of type `T` from `bytes`; trailing bytes are an error.
-pub fn decode<T: DeserializeOwned>(encoding: Encoding, bytes: &[u8]) -> Result<T, CodecError> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    encoding: Encoding,
+    bytes: &[u8],
+) -> Result<T, CodecError> {
     match encoding {
         Encoding::Bincode => {
             let (value, used) = bincode::serde::decode_from_slice(bytes, bincode_config())

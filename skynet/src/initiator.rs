@@ -4,7 +4,7 @@
 //! - [`http`]: an HTML form at `/` (the original demo's page) and JSON at
 //!   `POST /v1/routes/{route}`.
 //! - [`tcp`]: newline-delimited JSON requests and responses.
-//! - [`file`]: a JSONL file of requests in, a JSONL file of responses out, resumable after a
+//! - [`mod@file`]: a JSONL file of requests in, a JSONL file of responses out, resumable after a
 //!   crash without redoing finished lines.
 //!
 //! A route runs on a router: a call by name to the `skynet.router` service's `run` method,

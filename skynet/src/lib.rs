@@ -45,13 +45,19 @@
 //!   with [`NodeBuilder::admin`], serves them over HTTP as `/debug/vars` and `/metrics`.
 //! - [`trace`]: every call carries a [`TraceId`] across hops, and runs in `tracing` spans.
 //! - [`tls`] creates the cluster CA and node certificates, or does it all in development mode.
-//! - [`wire`] and [`codec`] are the frame format and payload encodings (`docs/protocol.md`).
+//! - [`registry`]: the live view of which instances serve what, behind calls by name.
+//! - [`initiator`]: HTTP, TCP and file front doors that run stored routes.
+//! - The frame format and payload encodings are described for other languages in
+//!   `docs/protocol.md`.
+//!
+//! The library alone, without the `skynet` binary's command-line dependencies:
+//! `skynet = { version = "…", default-features = false }`.
 #![doc(test(attr(deny(warnings), allow(dead_code, unused_variables))))]
 
 mod admin;
 mod balance;
 mod client;
-pub mod codec;
+mod codec;
 mod config;
 mod error;
 mod http;
@@ -70,7 +76,7 @@ mod sync;
 pub mod tls;
 pub mod trace;
 mod transport;
-pub mod wire;
+mod wire;
 
 pub use client::ServiceClient;
 pub use codec::Encoding;
@@ -86,7 +92,6 @@ pub use service::{
 };
 pub use store::{Store, StoreConfig, StoreError};
 pub use trace::TraceId;
-pub use transport::Bind;
 
 /// Turns an async fn, or an `impl` block of async methods, into a service and a typed client.
 ///

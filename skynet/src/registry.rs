@@ -1,7 +1,7 @@
 //! The service registry: every hosted service instance is a key in the config store, bound to
 //! its node's lease, and every node keeps a live view of them, pushed by the store's watch.
 //!
-//! - **Registration** ([`Registration`]): on start a node writes one [`Instance`] record per
+//! - **Registration** (`Registration`): on start a node writes one [`Instance`] record per
 //!   hosted application service under `skynet/instances/<service>/<address>`, all bound to one
 //!   lease that the node keeps alive (keep-alives never touch the Raft log). A node that dies
 //!   stops keeping it alive, and the leader deletes its records when the lease runs out: that is

@@ -12,7 +12,7 @@
 //!   reads, lease keep-alives, joins). Any member accepts them through [`Store`] and forwards them
 //!   to the leader it knows of.
 //!
-//! Membership (joins, removals, replacing voters that stopped answering) is in [`membership`].
+//! Membership (joins, removals, replacing voters that stopped answering) is in `store/membership.rs`.
 //!
 //! openraft types never appear here; the key-value types ([`KeyValue`], [`Event`], [`Txn`], ...)
 //! are skynet-raft's plain serde types.

@@ -20,7 +20,7 @@ pub(crate) const ALPN: &[u8] = b"skynet/1";
 
 /// Where a node listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Bind {
+pub(crate) enum Bind {
     /// One address; port 0 asks the OS for a free port.
     Addr(SocketAddr),
     /// The first free port of a range on one IP, tried in order.

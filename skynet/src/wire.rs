@@ -19,19 +19,19 @@ use crate::trace::TraceId;
 
 /// The newest request body version, carried in every request body. Version 2 adds a flags
 /// byte and an optional trace id to version 1's head.
-pub const VERSION: u8 = 2;
+pub(crate) const VERSION: u8 = 2;
 /// The oldest request body version still accepted.
-pub const MIN_VERSION: u8 = 1;
+pub(crate) const MIN_VERSION: u8 = 1;
 /// Version 2 flag: a 16-byte trace id follows the flags byte.
 const FLAG_TRACE_ID: u8 = 0x01;
 /// Bytes in a frame header (length, kind, id).
-pub const HEADER_LEN: usize = 13;
+pub(crate) const HEADER_LEN: usize = 13;
 /// The smallest legal value of the length field (kind + id).
 const MIN_LENGTH: u32 = 9;
 
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrameKind {
+pub(crate) enum FrameKind {
     /// A call: caller to service.
     Request,
     /// The outcome of a call: service to caller.
@@ -61,7 +61,7 @@ impl FrameKind {
 
 /// A parsed frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     /// What the frame carries.
     pub kind: FrameKind,
     /// The call this frame belongs to.
@@ -73,7 +73,7 @@ pub struct Header {
 /// A frame header that cannot be accepted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum HeaderError {
+pub(crate) enum HeaderError {
     /// The length field is smaller than the header itself.
     #[error("frame length {0} is shorter than a header")]
     TooShort(u32),
@@ -95,7 +95,7 @@ pub enum HeaderError {
 }
 
 /// Parses a header and checks the body length against `limit`.
-pub fn parse_header(bytes: &[u8; HEADER_LEN], limit: usize) -> Result<Header, HeaderError> {
+pub(crate) fn parse_header(bytes: &[u8; HEADER_LEN], limit: usize) -> Result<Header, HeaderError> {
     let length = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if length < MIN_LENGTH {
         return Err(HeaderError::TooShort(length));
@@ -138,7 +138,7 @@ fn finish_frame(out: &mut [u8], start: usize) -> usize {
 
 /// The routing part of a request: everything but the payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RequestHead<'a> {
+pub(crate) struct RequestHead<'a> {
     /// Encoding of the payload; the reply uses the same one.
     pub encoding: Encoding,
     /// Time the caller still waits, measured from when it sent the request. `None`: no deadline.
@@ -155,7 +155,7 @@ pub struct RequestHead<'a> {
 /// A request body that cannot be accepted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum RequestError {
+pub(crate) enum RequestError {
     /// The body ended before the fixed fields did.
     #[error("request body truncated")]
     Truncated,
@@ -174,11 +174,11 @@ pub enum RequestError {
 }
 
 /// A name on the wire is one length byte then the bytes; longer names cannot be sent.
-pub const MAX_NAME_LEN: usize = 255;
+pub(crate) const MAX_NAME_LEN: usize = 255;
 
 /// Appends a whole request frame; `payload` writes the encoded argument after the head.
 /// Returns the body length so the caller can check it against its own limit.
-pub fn write_request<E>(
+pub(crate) fn write_request<E>(
     out: &mut Vec<u8>,
     id: u64,
     head: &RequestHead<'_>,
@@ -205,14 +205,14 @@ pub fn write_request<E>(
 }
 
 /// Sets the id of the frame at the start of `frame`, written earlier with a placeholder.
-pub fn set_request_id(frame: &mut [u8], id: u64) {
+pub(crate) fn set_request_id(frame: &mut [u8], id: u64) {
     if let Some(field) = frame.get_mut(5..HEADER_LEN) {
         field.copy_from_slice(&id.to_be_bytes());
     }
 }
 
 /// Splits a request body into its head and payload.
-pub fn parse_request(body: &[u8]) -> Result<(RequestHead<'_>, &[u8]), RequestError> {
+pub(crate) fn parse_request(body: &[u8]) -> Result<(RequestHead<'_>, &[u8]), RequestError> {
     let [version, encoding, rest @ ..] = body else {
         return Err(RequestError::Truncated);
     };
@@ -269,7 +269,7 @@ fn take_name(bytes: &[u8]) -> Result<(&str, &[u8]), RequestError> {
 /// The outcome class of a call, first byte of a response body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Status {
+pub(crate) enum Status {
     /// The handler returned `Ok`; the payload is the encoded response.
     Ok,
     /// The handler returned `Err`; the payload is the service's encoded error value.
@@ -324,7 +324,7 @@ impl Status {
 }
 
 /// Appends a whole response frame; `payload` writes the body after status and encoding.
-pub fn write_response<E>(
+pub(crate) fn write_response<E>(
     out: &mut Vec<u8>,
     id: u64,
     status: Status,
@@ -339,7 +339,7 @@ pub fn write_response<E>(
 }
 
 /// Appends a response frame whose payload is a UTF-8 message.
-pub fn write_response_message(out: &mut Vec<u8>, id: u64, status: Status, message: &str) {
+pub(crate) fn write_response_message(out: &mut Vec<u8>, id: u64, status: Status, message: &str) {
     let written: Result<usize, std::convert::Infallible> =
         write_response(out, id, status, Encoding::Json, |out| {
             out.extend_from_slice(message.as_bytes());
@@ -351,7 +351,7 @@ pub fn write_response_message(out: &mut Vec<u8>, id: u64, status: Status, messag
 /// A response body that cannot be understood.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ResponseError {
+pub(crate) enum ResponseError {
     /// The body is shorter than status and encoding.
     #[error("response body truncated")]
     Truncated,
@@ -364,7 +364,7 @@ pub enum ResponseError {
 }
 
 /// Splits a response body into status, encoding and payload.
-pub fn parse_response(body: &[u8]) -> Result<(Status, Encoding, &[u8]), ResponseError> {
+pub(crate) fn parse_response(body: &[u8]) -> Result<(Status, Encoding, &[u8]), ResponseError> {
     let [status, encoding, payload @ ..] = body else {
         return Err(ResponseError::Truncated);
     };
@@ -374,7 +374,7 @@ pub fn parse_response(body: &[u8]) -> Result<(Status, Encoding, &[u8]), Response
 }
 
 /// Appends a cancel frame for call `id`.
-pub fn write_cancel(out: &mut Vec<u8>, id: u64) {
+pub(crate) fn write_cancel(out: &mut Vec<u8>, id: u64) {
     let start = start_frame(out, FrameKind::Cancel, id);
     finish_frame(out, start);
 }
