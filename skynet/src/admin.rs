@@ -135,7 +135,10 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
-    let body = render(&StatsSnapshot::of(&state.services), &process_info(state));
+    let body = render(
+        &crate::service::stats_of(&state.services),
+        &process_info(state),
+    );
     http::respond(StatusCode::OK, content_type, Bytes::from(body))
 }
 

@@ -7,7 +7,6 @@
 //! again. Retries draw on a budget so that a failing cluster is not buried under them.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -17,6 +16,7 @@ use smallvec::SmallVec;
 use tokio_util::sync::CancellationToken;
 
 use crate::peer::PeerConn;
+use crate::random::random;
 use crate::registry::{Instance, Registry};
 use crate::sync::{Locked as _, RwLocked as _};
 
@@ -627,26 +627,6 @@ fn pick(
             Some(if lighter { b.0 } else { a.0 })
         }
     }
-}
-
-/// A random u64, good enough to spread load (not for secrets).
-pub(crate) fn random() -> u64 {
-    thread_local! {
-        static STATE: std::cell::Cell<u64> = std::cell::Cell::new({
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(0x9E37_79B9_7F4A_7C15);
-            h.finish() | 1
-        });
-    }
-    STATE.with(|s| {
-        // xorshift64*
-        let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        s.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    })
 }
 
 /// Retries allowed: a fifth of the calls made, plus a floor that refills over time, so a

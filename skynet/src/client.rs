@@ -69,6 +69,15 @@ struct Answer {
     warm: bool,
 }
 
+// Here rather than in `node.rs`: the node assembles the layers and knows nothing of the
+// clients that call through it.
+impl Node {
+    /// A client for `service`, by name. Generated clients wrap one of these.
+    pub fn client(&self, service: &str) -> ServiceClient {
+        ServiceClient::new(self, service)
+    }
+}
+
 impl ServiceClient {
     /// A client for `service` that calls through `node`.
     pub fn new(node: &Node, service: &str) -> Self {

@@ -66,6 +66,7 @@ pub mod initiator;
 mod listener;
 mod node;
 mod peer;
+mod random;
 pub mod registry;
 pub mod route;
 mod server;

@@ -11,7 +11,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminServer};
 use crate::balance::{self, Balancer, Locality};
-use crate::client::ServiceClient;
 use crate::config::RpcConfig;
 use crate::error::NodeError;
 use crate::listener::ListenerLimits;
@@ -399,12 +398,7 @@ impl Node {
     /// The call statistics of every method this node hosts, counted for remote and
     /// same-process calls alike.
     pub fn stats(&self) -> StatsSnapshot {
-        StatsSnapshot::of(&self.inner.services)
-    }
-
-    /// A client for `service`, by name. Generated clients wrap one of these.
-    pub fn client(&self, service: &str) -> ServiceClient {
-        ServiceClient::new(self, service)
+        crate::service::stats_of(&self.inner.services)
     }
 
     pub(crate) fn local_service(&self, name: &str) -> Option<&ServiceDef> {

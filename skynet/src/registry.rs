@@ -572,7 +572,7 @@ where
             )));
         }
         tracing::warn!(%error, attempt, "could not {what} yet; retrying");
-        let jitter = Duration::from_micros(crate::balance::random() % 1000 * 10);
+        let jitter = Duration::from_micros(crate::random::random() % 1000 * 10);
         tokio::time::sleep(pause + jitter).await;
         pause = (pause * 2).min(Duration::from_secs(2));
     }

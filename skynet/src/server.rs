@@ -49,9 +49,8 @@ pub(crate) struct ServerState {
 #[derive(Default)]
 pub(crate) struct InFlight {
     count: AtomicUsize,
-    /// The shutdown has begun: calls to the node's services are refused, while the config
-    /// store's own services go on serving until the node drains (refusing them would cost the
-    /// cluster a member while this node still writes to it).
+    /// The shutdown has begun: calls are refused, except to services that serve until the
+    /// node drains (the config store's own; see `ServiceDef::serves_until_drained`).
     stopping: AtomicBool,
     draining: AtomicBool,
     idle: Notify,
@@ -86,14 +85,14 @@ impl InFlight {
     /// Admits a call unless the node is draining. The increment comes before the check, and
     /// `drain` sets the flag before it reads the count (both SeqCst), so a call is either
     /// refused or counted: never accepted and missed.
-    fn enter(&self, store_service: bool) -> Option<InFlightGuard<'_>> {
+    fn enter(&self, serves_until_drained: bool) -> Option<InFlightGuard<'_>> {
         self.count.fetch_add(1, Ordering::SeqCst);
         let guard = InFlightGuard {
             inflight: self,
             calls: 1,
         };
         let refused = self.draining.load(Ordering::SeqCst)
-            || (!store_service && self.stopping.load(Ordering::SeqCst));
+            || (!serves_until_drained && self.stopping.load(Ordering::SeqCst));
         (!refused).then_some(guard)
     }
 
@@ -313,16 +312,15 @@ fn dispatch(
         Ok(parts) => parts,
         Err(e) => return replies.message(id, Status::BadRequest, &e.to_string()),
     };
-    let Some(method) = state
+    let Some((def, method)) = state
         .services
         .get(head.service)
-        .and_then(|s| s.method(head.method))
+        .and_then(|def| Some((def, def.method(head.method)?)))
     else {
         let message = format!("no method {}.{} here", head.service, head.method);
         return replies.message(id, Status::NotFound, &message);
     };
-    let store_service = crate::store::is_store_service(head.service);
-    let Some(guard) = state.inflight.enter(store_service) else {
+    let Some(guard) = state.inflight.enter(def.serves_until_drained) else {
         return replies.message(id, Status::Stopping, "the node is stopping");
     };
     if conn.running.fetch_add(1, Ordering::Relaxed) >= state.config.max_concurrent_calls {

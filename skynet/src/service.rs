@@ -33,7 +33,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError, Encoding};
-use crate::stats::MethodStats;
+use crate::stats::{MethodStats, StatsSnapshot};
 use crate::trace::TraceId;
 use crate::wire::{self, MAX_NAME_LEN, Status};
 
@@ -176,6 +176,10 @@ pub struct ServiceDef {
     name: Arc<str>,
     version: semver::Version,
     methods: HashMap<Box<str>, MethodEntry>,
+    /// Served until the node drains, not refused from the start of its shutdown: the config
+    /// store's own services, since refusing them would cost the cluster a member while this
+    /// node still writes to it.
+    pub(crate) serves_until_drained: bool,
 }
 
 #[derive(Clone)]
@@ -205,6 +209,7 @@ impl ServiceDef {
             name: name.into(),
             version: version.into(),
             methods: Vec::new(),
+            serves_until_drained: false,
         }
     }
 
@@ -257,9 +262,17 @@ pub struct ServiceDefBuilder {
     name: String,
     version: String,
     methods: Vec<(String, MethodEntry)>,
+    serves_until_drained: bool,
 }
 
 impl ServiceDefBuilder {
+    /// Keeps the service answering while its node shuts down, until the node drains (see
+    /// [`ServiceDef::serves_until_drained`]).
+    pub(crate) fn serves_until_drained(mut self) -> Self {
+        self.serves_until_drained = true;
+        self
+    }
+
     /// Adds a method that must not be retried automatically.
     pub fn method<Req, Resp, Err, F, Fut>(self, name: impl Into<String>, handler: F) -> Self
     where
@@ -338,6 +351,7 @@ impl ServiceDefBuilder {
             name: self.name.into(),
             version,
             methods,
+            serves_until_drained: self.serves_until_drained,
         })
     }
 }
@@ -454,6 +468,14 @@ pub(crate) fn encode_reply<Resp: Serialize, Err: Serialize>(
         wire::write_response_message(&mut out, id, Status::Internal, &message);
     }
     out
+}
+
+/// The counters of every method of `services`, copied now.
+pub(crate) fn stats_of(services: &HashMap<Box<str>, ServiceDef>) -> StatsSnapshot {
+    StatsSnapshot::from_methods(services.values().flat_map(|def| {
+        def.method_stats()
+            .map(|(method, stats)| stats.snapshot(def.name(), method))
+    }))
 }
 
 /// The text of a handler's panic (its payload, when a string), for the caller's error: both

@@ -5,13 +5,11 @@
 //! no lock and no allocation: a few relaxed atomic additions and one clock read when the call
 //! ends. [`Node::stats`](crate::Node::stats) copies them into a [`StatsSnapshot`].
 
-use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use crate::service::ServiceDef;
 use crate::wire::{self, Status};
 
 /// Upper bounds of the latency buckets, in nanoseconds: 1, 2.5 and 5 of every decade from 1 µs
@@ -171,7 +169,7 @@ impl MethodStats {
         self.finished[outcome.index()].fetch_add(1, Relaxed);
     }
 
-    fn snapshot(&self, service: &str, method: &str) -> MethodSnapshot {
+    pub(crate) fn snapshot(&self, service: &str, method: &str) -> MethodSnapshot {
         // Finished before started: both only grow, so the difference does not go negative
         // for lack of an increment that the other load already saw.
         let outcomes: [u64; Outcome::ALL.len()] =
@@ -265,15 +263,9 @@ impl StatsSnapshot {
             .find(|m| m.service == service && m.method == method)
     }
 
-    /// Copies the counters of every method of `services`.
-    pub(crate) fn of(services: &HashMap<Box<str>, ServiceDef>) -> Self {
-        let mut methods: Vec<_> = services
-            .values()
-            .flat_map(|def| {
-                def.method_stats()
-                    .map(|(method, stats)| stats.snapshot(def.name(), method))
-            })
-            .collect();
+    /// A snapshot of `methods`, sorted by service, then method.
+    pub(crate) fn from_methods(methods: impl IntoIterator<Item = MethodSnapshot>) -> Self {
+        let mut methods: Vec<_> = methods.into_iter().collect();
         methods.sort_by(|a, b| (&a.service, &a.method).cmp(&(&b.service, &b.method)));
         Self { methods }
     }

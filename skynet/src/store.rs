@@ -29,10 +29,11 @@ mod wire;
 
 use std::hash::{BuildHasher, Hasher};
 
-pub(crate) use client::{ClientShared, learn_members};
+pub(crate) use client::ClientShared;
 pub use config::StoreConfig;
 pub use error::StoreError;
 pub use handle::Store;
+pub(crate) use handle::learn_members;
 pub(crate) use member::{StoreCell, StoreShared, services, shutdown, start, stop_polls};
 pub use watch::StoreWatch;
 pub use wire::StoreStatus;
@@ -62,10 +63,6 @@ pub(crate) const RAFT_SERVICE: &str = "skynet.raft";
 /// Name of the internal service running leader-only requests.
 pub(crate) const STORE_SERVICE: &str = "skynet.store";
 
-/// Whether `service` is one of the config store's own, served by a member until it stops.
-pub(crate) fn is_store_service(service: &str) -> bool {
-    service == RAFT_SERVICE || service == STORE_SERVICE
-}
 const EXECUTE: &str = "execute";
 const WATCH: &str = "watch";
 

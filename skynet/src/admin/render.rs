@@ -254,7 +254,7 @@ mod tests {
         let running = stats.start_at(t0, tracing::Span::none());
         let mut services = HashMap::new();
         services.insert(Box::from(name), def.clone());
-        let snapshot = StatsSnapshot::of(&services);
+        let snapshot = crate::service::stats_of(&services);
         std::mem::forget(running);
         snapshot
     }

@@ -583,3 +583,39 @@ impl Store {
 fn unexpected(reply: &Reply) -> StoreError {
     StoreError::Remote(format!("unexpected reply {reply:?}"))
 }
+
+/// How often a store client asks for the cluster's members.
+const MEMBERS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Keeps a store client's list of members current until `stop`: at once, then every
+/// [`MEMBERS_REFRESH`] (sooner after a failure), it asks a member for the members it knows, so
+/// that a client started with one seed still finds the cluster when that seed dies.
+pub(crate) fn learn_members(store: Store, stop: tokio_util::sync::CancellationToken) {
+    let Backend::Client(client) = &store.backend else {
+        return;
+    };
+    let client = client.clone();
+    tokio::spawn(async move {
+        let mut round = 0;
+        loop {
+            let target = client.target(round);
+            let pause = match store
+                .remote(target, Request::Status, store.config().timeout)
+                .await
+            {
+                Ok(Reply::Status(status)) => {
+                    client.learn(&status);
+                    MEMBERS_REFRESH
+                }
+                _ => {
+                    round += 1;
+                    MEMBERS_REFRESH / 5
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+}

@@ -162,7 +162,7 @@ fn not_ready() -> ServiceError {
 
 /// The two internal services, answering from `cell` once it is filled.
 pub(crate) fn services(cell: &StoreCell) -> Result<Vec<ServiceDef>, ServiceDefError> {
-    let mut raft = ServiceDef::builder(RAFT_SERVICE, "0.1.0");
+    let mut raft = ServiceDef::builder(RAFT_SERVICE, "0.1.0").serves_until_drained();
     for method in ["append_entries", "vote", "snapshot"] {
         let cell = cell.clone();
         raft = raft.method(method, move |_: Context, req: Vec<u8>| {
@@ -185,6 +185,7 @@ pub(crate) fn services(cell: &StoreCell) -> Result<Vec<ServiceDef>, ServiceDefEr
     };
     let (execute_cell, watch_cell) = (cell.clone(), cell.clone());
     let store = ServiceDef::builder(STORE_SERVICE, "0.1.0")
+        .serves_until_drained()
         .method(EXECUTE, move |_: Context, req: Request| {
             let shared = started(&execute_cell);
             async move { shared?.execute_local(req).await }
