@@ -109,7 +109,7 @@ impl Store {
                 Backend::Client(client) => Some(client.target(round)),
             };
             attempts.asking(first);
-            match self.follow(first, &req, deadline).await {
+            match self.attempt(first, &req, deadline).await {
                 Ok(reply) => return Ok(reply),
                 Err(refusal) => attempts.failed(refusal)?,
             }
@@ -141,7 +141,7 @@ impl Store {
     }
 
     /// One attempt: asks `first` (`None`: this node's own member) and follows its redirects.
-    async fn follow(
+    async fn attempt(
         &self,
         first: Option<SocketAddr>,
         req: &Request,
@@ -312,7 +312,7 @@ impl Store {
         let mut last = StoreError::Unreachable("no seed answered".into());
         loop {
             for seed in &config.seeds {
-                match self.follow(Some(*seed), &req, deadline).await {
+                match self.attempt(Some(*seed), &req, deadline).await {
                     Ok(_) => return Ok(()),
                     // The join timeout ran out in the middle of an attempt: what the attempts
                     // before it met (a seed that cannot be reached, say) is the better answer.

@@ -30,12 +30,12 @@ pub(crate) async fn run(args: WatcherArgs, out: &mut impl Write) -> Result<(), C
     else {
         return Ok(());
     };
-    let result = follow(&node, &mut signals, out).await;
+    let result = print_changes(&node, &mut signals, out).await;
     node.shutdown().await;
     result
 }
 
-async fn follow(
+async fn print_changes(
     node: &skynet::Node,
     signals: &mut Signals,
     out: &mut impl Write,
