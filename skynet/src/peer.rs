@@ -138,10 +138,21 @@ impl Peers {
                 }
             }
         };
-        let result = match outcome.wait_for(Option::is_some).await {
-            Ok(result) => result.clone(),
-            // The dial task ended without an outcome: the runtime is shutting down.
-            Err(_) => None,
+        let result = outcome
+            .wait_for(Option::is_some)
+            .await
+            .map(|result| result.clone());
+        let result = match result {
+            Ok(result) => result,
+            Err(_) => {
+                // The dial task ended without an outcome (the runtime is shutting down, or it
+                // panicked): its entry must not answer every later caller so.
+                let mut dialing = shared.dialing.locked();
+                if dialing.get(&addr).is_some_and(|o| o.same_channel(&outcome)) {
+                    dialing.remove(&addr);
+                }
+                None
+            }
         };
         match result {
             Some(Ok(conn)) => Ok((conn, false)),
