@@ -43,10 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::store::mirror::{MirrorView, mirror_prefix};
-use crate::store::{
-    Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, Op, Revision, Store, StoreError,
-    Txn,
-};
+use crate::store::{Event, EventKind, KeyValue, Revision, Store, StoreError};
 use crate::wire::MAX_NAME_LEN;
 
 mod exec;
@@ -504,24 +501,11 @@ pub async fn put(store: &Store, route: &Route) -> Result<Revision, RouteError> {
     let Some(expected) = route.revision else {
         return Ok(store.put(key, value).await?);
     };
-    let outcome = store
-        .txn(Txn {
-            compares: vec![Compare {
-                key: key.clone(),
-                op: CompareOp::Equal,
-                target: CompareTarget::ModRevision(expected),
-            }],
-            success: vec![Op::Put {
-                key: key.clone(),
-                value,
-                lease: None,
-                prev_kv: false,
-            }],
-            failure: Vec::new(),
-        })
-        .await?;
-    if outcome.succeeded {
-        return Ok(outcome.revision);
+    if let Some(revision) = store
+        .compare_and_set_revision(key.clone(), expected, value)
+        .await?
+    {
+        return Ok(revision);
     }
     let current = store.get(key).await?.map(|kv| kv.mod_revision);
     Err(RouteError::Conflict {
