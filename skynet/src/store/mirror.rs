@@ -174,17 +174,21 @@ mod tests {
     }
 
     type Log = Arc<Mutex<Vec<(Duration, Seen)>>>;
+    /// What each read answers, in order.
+    type Reads = Mutex<VecDeque<Result<(Vec<KeyValue>, Revision), StoreError>>>;
+    /// What each watch poll answers, in order, whichever watch asks.
+    type Batches = Arc<Mutex<VecDeque<Result<Vec<Event>, StoreError>>>>;
 
     /// A store that answers reads and watch polls from scripts; once a script is spent, the
     /// call waits forever.
     struct Scripted {
         start: tokio::time::Instant,
         log: Log,
-        reads: Mutex<VecDeque<Result<(Vec<KeyValue>, Revision), StoreError>>>,
-        watches: Arc<Mutex<VecDeque<Result<Vec<Event>, StoreError>>>>,
+        reads: Reads,
+        watches: Batches,
     }
 
-    struct ScriptedWatch(Arc<Mutex<VecDeque<Result<Vec<Event>, StoreError>>>>);
+    struct ScriptedWatch(Batches);
 
     fn note(log: &Log, start: tokio::time::Instant, seen: Seen) {
         log.locked().push((start.elapsed(), seen));
