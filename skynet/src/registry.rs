@@ -20,7 +20,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{EventKind, LeaseId, Op, Revision, Store, StoreError, Txn};
+use crate::store::mirror::{MirrorView, mirror_prefix};
+use crate::store::{Event, EventKind, KeyValue, LeaseId, Op, Revision, Store, StoreError, Txn};
 use crate::sync::Locked as _;
 
 /// Where instance records live in the store.
@@ -274,74 +275,67 @@ pub(crate) fn start_view(store: Store, stop: CancellationToken) -> Registry {
         changes: changes.clone(),
         generation: generation.clone(),
     };
+    let view = View {
+        tx,
+        generation,
+        changes,
+    };
     tokio::spawn(async move {
         tokio::select! {
-            () = follow(store, tx, generation, changes) => {}
+            () = mirror_prefix(store, INSTANCES_PREFIX, view) => {}
             () = stop.cancelled() => {}
         }
     });
     registry
 }
 
-/// Pause after the view failed to read or watch the store, before it reads again.
-const RESYNC_PAUSE: Duration = Duration::from_millis(200);
-
-async fn follow(
-    store: Store,
+/// The registry's side of the store mirror: snapshots of the instance records, the changes
+/// between them, and the generation counter callers check.
+struct View {
     tx: tokio::sync::watch::Sender<Arc<RegistrySnapshot>>,
     generation: Arc<AtomicU64>,
     changes: tokio::sync::broadcast::Sender<Change>,
-) {
-    let publish = |snapshot: &RegistrySnapshot| {
-        tx.send_replace(Arc::new(snapshot.clone()));
-        generation.fetch_add(1, Ordering::Release);
-    };
-    loop {
-        let mut snapshot = match read(&store).await {
-            Ok(snapshot) => snapshot,
-            Err(e) => {
-                tracing::warn!(error = %e, "registry view cannot read the store; retrying");
-                if !tx.borrow().loaded {
-                    // Callers waiting for a first view fail with the cause now rather than at
-                    // their deadline; a loaded view is kept, stale but usable.
-                    publish(&RegistrySnapshot {
-                        unreadable: Some(Arc::from(e.to_string())),
-                        ..RegistrySnapshot::default()
-                    });
-                }
-                tokio::time::sleep(RESYNC_PAUSE).await;
-                continue;
-            }
-        };
-        let revision = snapshot.revision;
+}
+
+impl MirrorView for View {
+    const NAME: &'static str = "registry view";
+    const WATCH: &'static str = "registry watch";
+    type State = RegistrySnapshot;
+
+    fn load(&mut self, kvs: Vec<KeyValue>, revision: Revision) -> RegistrySnapshot {
+        let snapshot =
+            RegistrySnapshot::from_records(revision, kvs.into_iter().map(|kv| (kv.key, kv.value)));
         // Changes between the previous view and this read are reported as one diff.
-        for change in diff(&tx.borrow(), &snapshot) {
-            let _ = changes.send(change);
+        for change in diff(&self.tx.borrow(), &snapshot) {
+            let _ = self.changes.send(change);
         }
-        publish(&snapshot);
-        let mut watch = store.watch(INSTANCES_PREFIX, revision);
-        loop {
-            let events = match watch.next().await {
-                Ok(events) => events,
-                Err(StoreError::Compacted(_)) => {
-                    tracing::info!("registry view fell behind the store's history; reading again");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "registry watch failed; reading again");
-                    tokio::time::sleep(RESYNC_PAUSE).await;
-                    break;
-                }
-            };
-            for event in events {
-                snapshot.revision = event.revision;
-                if let Some(change) = snapshot.apply(event.kind, event.key, &event.value) {
-                    log_change(&change);
-                    let _ = changes.send(change);
-                }
+        snapshot
+    }
+
+    fn apply(&mut self, snapshot: &mut RegistrySnapshot, events: Vec<Event>) {
+        for event in events {
+            snapshot.revision = event.revision;
+            if let Some(change) = snapshot.apply(event.kind, event.key, &event.value) {
+                log_change(&change);
+                let _ = self.changes.send(change);
             }
-            snapshot.reindex();
-            publish(&snapshot);
+        }
+        snapshot.reindex();
+    }
+
+    fn publish(&mut self, snapshot: &RegistrySnapshot) {
+        self.tx.send_replace(Arc::new(snapshot.clone()));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn unreadable(&mut self, error: &StoreError) {
+        if !self.tx.borrow().loaded {
+            // Callers waiting for a first view fail with the cause now rather than at their
+            // deadline; a loaded view is kept, stale but usable.
+            self.publish(&RegistrySnapshot {
+                unreadable: Some(Arc::from(error.to_string())),
+                ..RegistrySnapshot::default()
+            });
         }
     }
 }
@@ -729,6 +723,69 @@ mod tests {
             changes,
             vec![Change::Updated(b2), Change::Joined(c), Change::Left(a)]
         );
+    }
+
+    fn kv(i: &Instance, revision: Revision) -> KeyValue {
+        let (key, value) = record(i);
+        KeyValue {
+            key,
+            value,
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+            lease: None,
+        }
+    }
+
+    #[test]
+    fn the_view_publishes_reads_and_events_and_fails_fast_until_first_read() {
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(RegistrySnapshot::default()));
+        let (changes, mut changed) = tokio::sync::broadcast::channel(16);
+        let generation = Arc::new(AtomicU64::new(0));
+        let mut view = View {
+            tx,
+            generation: generation.clone(),
+            changes,
+        };
+
+        // Before any read: a failed read is published with its cause, so callers by name fail
+        // fast with it.
+        let cause = StoreError::Unreachable("no member answered".into());
+        view.unreadable(&cause);
+        assert_eq!(rx.borrow().unreadable(), Some(cause.to_string().as_str()));
+        assert!(!rx.borrow().is_loaded());
+        assert_eq!(generation.load(Ordering::Acquire), 1);
+
+        // A read is announced as a diff from what was published, then published itself.
+        let (a, b) = (instance("x", 1), instance("x", 2));
+        let mut snapshot = view.load(vec![kv(&a, 3)], 4);
+        assert_eq!(changed.try_recv().ok(), Some(Change::Joined(a.clone())));
+        view.publish(&snapshot);
+        assert!(rx.borrow().is_loaded() && rx.borrow().unreadable().is_none());
+        assert_eq!(rx.borrow().revision(), 4);
+
+        // Events: each change is announced; the snapshot is reindexed and takes the revision.
+        let (key, value) = record(&b);
+        view.apply(
+            &mut snapshot,
+            vec![Event {
+                revision: 5,
+                kind: EventKind::Put,
+                key,
+                value,
+                prev: None,
+            }],
+        );
+        assert_eq!(changed.try_recv().ok(), Some(Change::Joined(b.clone())));
+        view.publish(&snapshot);
+        assert_eq!(rx.borrow().revision(), 5);
+        assert_eq!(&*rx.borrow().instances("x"), &[a, b]);
+        assert_eq!(generation.load(Ordering::Acquire), 3);
+
+        // Once loaded, a failed read keeps the stale but usable view.
+        view.unreadable(&cause);
+        assert!(rx.borrow().is_loaded() && rx.borrow().unreadable().is_none());
+        assert_eq!(generation.load(Ordering::Acquire), 3);
     }
 
     #[test]

@@ -42,9 +42,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::store::{
-    Compare, CompareOp, CompareTarget, EventKind, Op, Revision, Store, StoreError, Txn,
-};
+use crate::store::mirror::{MirrorView, mirror_prefix};
+use crate::store::{Event, EventKind, KeyValue, Revision, Store, StoreError};
 use crate::wire::MAX_NAME_LEN;
 
 mod exec;
@@ -502,24 +501,11 @@ pub async fn put(store: &Store, route: &Route) -> Result<Revision, RouteError> {
     let Some(expected) = route.revision else {
         return Ok(store.put(key, value).await?);
     };
-    let outcome = store
-        .txn(Txn {
-            compares: vec![Compare {
-                key: key.clone(),
-                op: CompareOp::Equal,
-                target: CompareTarget::ModRevision(expected),
-            }],
-            success: vec![Op::Put {
-                key: key.clone(),
-                value,
-                lease: None,
-                prev_kv: false,
-            }],
-            failure: Vec::new(),
-        })
-        .await?;
-    if outcome.succeeded {
-        return Ok(outcome.revision);
+    if let Some(revision) = store
+        .compare_and_set_revision(key.clone(), expected, value)
+        .await?
+    {
+        return Ok(revision);
     }
     let current = store.get(key).await?.map(|kv| kv.mod_revision);
     Err(RouteError::Conflict {
@@ -644,9 +630,6 @@ impl fmt::Debug for RouteTable {
     }
 }
 
-/// Pause after the view failed to read or watch the store, before it reads again.
-const RESYNC_PAUSE: Duration = Duration::from_millis(200);
-
 impl RouteTable {
     /// Starts following the routes in `store`.
     pub fn start(store: Store) -> Self {
@@ -659,7 +642,7 @@ impl RouteTable {
         };
         tokio::spawn(async move {
             tokio::select! {
-                () = follow(store, tx) => {}
+                () = mirror_prefix(store, ROUTES_PREFIX, View { tx }) => {}
                 () = stop.cancelled() => {}
                 () = node_stop.cancelled() => {}
             }
@@ -706,16 +689,17 @@ impl RouteTable {
     }
 }
 
-async fn follow(store: Store, tx: tokio::sync::watch::Sender<Arc<RouteSnapshot>>) {
-    loop {
-        let (kvs, revision) = match store.range(ROUTES_PREFIX).await {
-            Ok(read) => read,
-            Err(e) => {
-                tracing::warn!(error = %e, "route table cannot read the store; retrying");
-                tokio::time::sleep(RESYNC_PAUSE).await;
-                continue;
-            }
-        };
+/// The route table's side of the store mirror: a snapshot of every stored route.
+struct View {
+    tx: tokio::sync::watch::Sender<Arc<RouteSnapshot>>,
+}
+
+impl MirrorView for View {
+    const NAME: &'static str = "route table";
+    const WATCH: &'static str = "route watch";
+    type State = RouteSnapshot;
+
+    fn load(&mut self, kvs: Vec<KeyValue>, revision: Revision) -> RouteSnapshot {
         let mut snapshot = RouteSnapshot {
             revision,
             loaded: true,
@@ -729,36 +713,27 @@ async fn follow(store: Store, tx: tokio::sync::watch::Sender<Arc<RouteSnapshot>>
             routes = snapshot.routes.len(),
             "route table loaded"
         );
-        tx.send_replace(Arc::new(snapshot.clone()));
-        let mut watch = store.watch(ROUTES_PREFIX, revision);
-        loop {
-            let events = match watch.next().await {
-                Ok(events) => events,
-                Err(StoreError::Compacted(_)) => {
-                    tracing::info!("route table fell behind the store's history; reading again");
-                    break;
+        snapshot
+    }
+
+    fn apply(&mut self, snapshot: &mut RouteSnapshot, events: Vec<Event>) {
+        for event in events {
+            snapshot.revision = snapshot.revision.max(event.revision);
+            match event.kind {
+                EventKind::Put => {
+                    tracing::info!(key = %event.key, revision = event.revision, "route changed");
+                    snapshot.put(event.key, &event.value, event.revision);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "route watch failed; reading again");
-                    tokio::time::sleep(RESYNC_PAUSE).await;
-                    break;
-                }
-            };
-            for event in events {
-                snapshot.revision = snapshot.revision.max(event.revision);
-                match event.kind {
-                    EventKind::Put => {
-                        tracing::info!(key = %event.key, revision = event.revision, "route changed");
-                        snapshot.put(event.key, &event.value, event.revision);
-                    }
-                    EventKind::Delete => {
-                        tracing::info!(key = %event.key, revision = event.revision, "route deleted");
-                        snapshot.remove(&event.key);
-                    }
+                EventKind::Delete => {
+                    tracing::info!(key = %event.key, revision = event.revision, "route deleted");
+                    snapshot.remove(&event.key);
                 }
             }
-            tx.send_replace(Arc::new(snapshot.clone()));
         }
+    }
+
+    fn publish(&mut self, snapshot: &RouteSnapshot) {
+        self.tx.send_replace(Arc::new(snapshot.clone()));
     }
 }
 
@@ -921,6 +896,44 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_table_loads_applies_events_and_publishes() {
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(RouteSnapshot::default()));
+        let mut view = View { tx };
+        let stored = KeyValue {
+            key: hello().key(),
+            value: hello().stored_json(),
+            create_revision: 2,
+            mod_revision: 3,
+            version: 2,
+            lease: None,
+        };
+        let mut snapshot = view.load(vec![stored], 6);
+        view.publish(&snapshot);
+        assert!(rx.borrow().is_loaded());
+        assert_eq!(rx.borrow().revision(), 6);
+        assert_eq!(rx.borrow().get("hello").and_then(|r| r.revision), Some(3));
+
+        let event = |revision, kind, value: &[u8]| Event {
+            revision,
+            kind,
+            key: hello().key(),
+            value: value.to_vec(),
+            prev: None,
+        };
+        view.apply(
+            &mut snapshot,
+            vec![event(7, EventKind::Put, &hello().stored_json())],
+        );
+        view.publish(&snapshot);
+        assert_eq!(rx.borrow().revision(), 7);
+        assert_eq!(rx.borrow().get("hello").and_then(|r| r.revision), Some(7));
+        view.apply(&mut snapshot, vec![event(8, EventKind::Delete, b"")]);
+        view.publish(&snapshot);
+        assert_eq!(rx.borrow().revision(), 8);
+        assert!(rx.borrow().get("hello").is_none());
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod error;
 mod handle;
 mod member;
 mod membership;
+pub(crate) mod mirror;
 mod seek;
 mod watch;
 mod wire;

@@ -482,6 +482,19 @@ impl Store {
         expected: Revision,
         value: impl Into<Vec<u8>>,
     ) -> Result<bool, StoreError> {
+        Ok(self
+            .compare_and_set_revision(key, expected, value)
+            .await?
+            .is_some())
+    }
+
+    /// [`Store::compare_and_set`], returning the revision of the write if it was set.
+    pub(crate) async fn compare_and_set_revision(
+        &self,
+        key: impl Into<String>,
+        expected: Revision,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<Option<Revision>, StoreError> {
         let key = key.into();
         let outcome = self
             .txn(Txn {
@@ -499,7 +512,7 @@ impl Store {
                 failure: Vec::new(),
             })
             .await?;
-        Ok(outcome.succeeded)
+        Ok(outcome.succeeded.then_some(outcome.revision))
     }
 
     /// Reads `key`, linearizably: sees every write acknowledged before the call.
