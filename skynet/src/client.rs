@@ -148,7 +148,7 @@ impl ServiceClient {
             (Some(addr), Some(def)) if addr == self.node.local_addr() => Ok(Target::Local(def)),
             (Some(addr), _) => Ok(Target::Address(addr)),
             (None, Some(def)) => Ok(Target::Local(def)),
-            (None, None) => match self.node.inner().registry.get() {
+            (None, None) => match self.node.registry_view() {
                 Some(registry) => Ok(Target::ByName(registry)),
                 None => Err(format!(
                     "service {:?} is not hosted here, no address was given (use .at(addr)), \
@@ -319,7 +319,7 @@ impl ServiceClient {
         deadline: Duration,
         payload: impl Fn(&mut Vec<u8>) -> Result<(), CodecError>,
     ) -> Result<Vec<u8>, CallError<E>> {
-        let balancer = &self.node.inner().balancer;
+        let balancer = &self.node.balancer();
         let sampled = self.picker.count_call(balancer.budget());
         let mut now = Instant::now();
         let until = now + deadline;
@@ -559,7 +559,7 @@ impl ServiceClient {
         body_len: usize,
         deadline: Duration,
     ) -> Result<Answer, CallError<E>> {
-        let peers = &self.node.inner().peers;
+        let peers = &self.node.peers();
         let large = body_len >= self.node.config().large_message;
         let call = async {
             let looked_up;
@@ -780,13 +780,13 @@ mod tests {
 
         // The node gives up on the connection (as when it ejects the instance): the kept copy
         // is dead at once, and the next call dials a new one rather than failing on it.
-        caller.inner().peers.forget_addr(addr, b"test");
+        caller.peers().forget_addr(addr, b"test");
         assert!(!first.is_alive());
         assert_eq!(
             say(&client, addr, &kept, "three").await?,
             ("three".to_owned(), false)
         );
-        assert!(caller.inner().peers.is_connected(addr));
+        assert!(caller.peers().is_connected(addr));
 
         caller.shutdown().await;
         server.shutdown().await;
@@ -804,11 +804,11 @@ mod tests {
         let kept = OnceLock::new();
         say(&client, addr, &kept, "one").await?;
         let conn = kept.get().cloned().expect("the call kept its connection");
-        assert!(caller.inner().peers.is_connected(addr));
+        assert!(caller.peers().is_connected(addr));
 
         server.shutdown().await;
         tokio::time::timeout(DEADLINE, conn.until_dead()).await?;
-        assert!(!caller.inner().peers.is_connected(addr));
+        assert!(!caller.peers().is_connected(addr));
         caller.shutdown().await;
         Ok(())
     }

@@ -308,23 +308,23 @@ pub struct Node {
     inner: Arc<NodeInner>,
 }
 
-pub(crate) struct NodeInner {
+struct NodeInner {
     name: String,
     addr: SocketAddr,
     /// Taken at shutdown: the UDP socket is released once every handle is dropped.
     endpoint: Mutex<Option<quinn::Endpoint>>,
     services: Arc<HashMap<Box<str>, ServiceDef>>,
     server: Arc<ServerState>,
-    pub(crate) peers: Peers,
-    pub(crate) config: RpcConfig,
+    peers: Peers,
+    config: RpcConfig,
     store: StoreCell,
     /// Set when the node is a client of the store rather than a member.
     store_client: Option<Arc<ClientShared>>,
-    pub(crate) balancer: Balancer,
+    balancer: Balancer,
     locality: Locality,
     started_at_ms: u64,
     /// Set once the node has a store: the live view of every instance.
-    pub(crate) registry: OnceLock<Registry>,
+    registry: OnceLock<Registry>,
     registration_config: RegistrationConfig,
     /// Hosted services left out of the registry ([`NodeBuilder::unlisted_service`]).
     unlisted: std::collections::HashSet<String>,
@@ -424,8 +424,19 @@ impl Node {
         WeakNode(Arc::downgrade(&self.inner))
     }
 
-    pub(crate) fn inner(&self) -> &NodeInner {
-        &self.inner
+    /// The connections this node dialed.
+    pub(crate) fn peers(&self) -> &Peers {
+        &self.inner.peers
+    }
+
+    /// What this node's clients share for calls by name: the retry budget, ejections, probes.
+    pub(crate) fn balancer(&self) -> &Balancer {
+        &self.inner.balancer
+    }
+
+    /// The live registry view, once the node has a store.
+    pub(crate) fn registry_view(&self) -> Option<&Registry> {
+        self.inner.registry.get()
     }
 
     /// Cancelled at shutdown: ends the node's background tasks.

@@ -219,7 +219,7 @@ impl Store {
             () = self.leader_moved(addr), if watch_leader => {
                 tracing::debug!(member = %addr, "store request abandoned: another member leads");
                 self.suspect(addr);
-                let connected = self.node.inner().peers.is_connected(addr);
+                let connected = self.node.peers().is_connected(addr);
                 return Err(abandoned(addr, may_apply, connected));
             }
         };
