@@ -2,22 +2,17 @@
 //! by name through the registry (balanced, with ejection and budgeted retries).
 
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use futures_util::FutureExt as _;
 
 use crate::balance::{self, Choice};
 use crate::codec::{self, CodecError, Encoding};
 use crate::error::{CallError, RejectReason};
 use crate::node::Node;
-use crate::peer::{PeerConn, PeerError};
 use crate::registry::{Instance, Registry, RegistrySnapshot};
-use crate::service::{Context, ServiceDef, Wire, panic_message};
-use crate::stats::Outcome;
-use crate::trace::{self, TraceId};
-use crate::wire::{self, RequestHead, Status};
+use crate::rpc::{Reply, bad_request, decode_reply, traced};
+use crate::service::{ServiceDef, Wire};
+use crate::wire::{self, Status};
 
 /// Calls the methods of one service. Cheap to clone; the `with_*` and `at` methods return a
 /// changed copy, so per-call options never leak into other calls.
@@ -47,26 +42,6 @@ enum Target<'a> {
     Address(SocketAddr),
     /// An instance chosen by name from the registry view.
     ByName(&'a Registry),
-}
-
-/// A reply frame as a call got it: the response body starts at `body_at` (after the frame
-/// header for an in-process call, which produces a whole frame; at 0 from the network).
-struct Reply {
-    bytes: Vec<u8>,
-    body_at: usize,
-}
-
-impl Reply {
-    fn body(&self) -> &[u8] {
-        &self.bytes[self.body_at..]
-    }
-}
-
-/// A response body from the network, and whether it came over a connection that was open
-/// already (a call that had to dial says nothing about the instance's latency).
-struct Answer {
-    body: Vec<u8>,
-    warm: bool,
 }
 
 // Here rather than in `node.rs`: the node assembles the layers and knows nothing of the
@@ -186,7 +161,12 @@ impl ServiceClient {
     ) -> Result<Resp, CallError<Err>> {
         let deadline = self.deadline();
         match self.target() {
-            Ok(Target::Local(def)) => self.call_local(def, method, request, deadline).await,
+            Ok(Target::Local(def)) => {
+                self.node
+                    .rpc()
+                    .call_local(&self.service, def, method, request, deadline)
+                    .await
+            }
             Ok(target) => {
                 let encoding = self.encoding;
                 let reply = self
@@ -222,7 +202,9 @@ impl ServiceClient {
                 let mut request = Vec::new();
                 payload(&mut request).map_err(bad_request)?;
                 let frame = self
-                    .call_local_encoded(def, method, encoding, &request, deadline)
+                    .node
+                    .rpc()
+                    .call_local_encoded(&self.service, def, method, encoding, &request, deadline)
                     .await?;
                 return Ok(Reply {
                     bytes: frame,
@@ -230,8 +212,18 @@ impl ServiceClient {
                 });
             }
             Target::Address(addr) => {
-                let (frame, body_len) = self.request_frame(method, encoding, deadline, payload)?;
-                self.send(addr, None, frame, body_len, deadline).await?.body
+                let (frame, body_len) = self.node.rpc().request_frame(
+                    &self.service,
+                    method,
+                    encoding,
+                    deadline,
+                    payload,
+                )?;
+                self.node
+                    .rpc()
+                    .send(addr, None, frame, body_len, deadline)
+                    .await?
+                    .body
             }
             Target::ByName(registry) => {
                 self.call_by_name(registry, method, encoding, deadline, payload)
@@ -367,12 +359,20 @@ impl ServiceClient {
             if remaining.is_zero() {
                 return Err(CallError::DeadlineExceeded(deadline));
             }
-            let (frame, body_len) = self.request_frame(method, encoding, remaining, &payload)?;
+            let (frame, body_len) = self.node.rpc().request_frame(
+                &self.service,
+                method,
+                encoding,
+                remaining,
+                &payload,
+            )?;
             let (addr, stats) = (picked.addr(), picked.stats());
             let call = stats.start(now);
             // An instance that leaves the registry has its connection closed (see
             // `Node::start_registry`), which ends this attempt as a lost connection.
             let outcome = self
+                .node
+                .rpc()
                 .send(addr, Some(picked.conn()), frame, body_len, remaining)
                 .await;
             // A stopping instance refuses every call sent to it until callers' views drop it:
@@ -427,295 +427,15 @@ impl ServiceClient {
             now = Instant::now();
         }
     }
-
-    /// Same-process call: the request moves to the handler as a value, with the same deadline,
-    /// panic and cancellation semantics as a remote call.
-    async fn call_local<Req: Wire, Resp: Wire, Err: Wire>(
-        &self,
-        def: &ServiceDef,
-        method: &str,
-        request: Req,
-        deadline: Duration,
-    ) -> Result<Resp, CallError<Err>> {
-        let entry = def.method(method).ok_or_else(|| CallError::NotFound {
-            service: self.service.to_string(),
-            method: method.to_owned(),
-        })?;
-        let now = Instant::now();
-        let at = now + deadline;
-        let trace = TraceId::current_or_random();
-        let ctx = Context::new(0, Some(at), false, trace);
-        let fut = match entry.handler.call_local(ctx, Box::new(request)) {
-            Ok(fut) => fut,
-            Err(request) => {
-                // The caller's types differ from the service's: go through the codec, which
-                // accepts any compatible encoding, as a remote call would.
-                let request = request
-                    .downcast::<Req>()
-                    .map_err(|_| CallError::Internal("request type changed".to_owned()))?;
-                let reply = self
-                    .call_encoded(
-                        Target::Local(def),
-                        method,
-                        Encoding::Bincode,
-                        deadline,
-                        |out| codec::encode_into(Encoding::Bincode, &*request, out),
-                    )
-                    .await?;
-                return decode_reply(reply.body(), &self.service, method, deadline);
-            }
-        };
-        let span = trace::serve_span(&self.service, method, 0, trace);
-        let stats = entry.stats.start_at(now, span.clone());
-        let result = trace::in_span(run_guarded(fut, at, deadline), span)
-            .await
-            .and_then(|reply| match reply.downcast::<Result<Resp, Err>>() {
-                Ok(result) => (*result).map_err(CallError::Service),
-                Err(_) => Err(CallError::Protocol(format!(
-                    "{}.{method}: response or error type differs from the service's",
-                    self.service
-                ))),
-            });
-        stats.finish(local_outcome(&result, |_| Outcome::Ok));
-        result
-    }
-
-    async fn call_local_encoded<E>(
-        &self,
-        def: &ServiceDef,
-        method: &str,
-        encoding: Encoding,
-        payload: &[u8],
-        deadline: Duration,
-    ) -> Result<Vec<u8>, CallError<E>> {
-        let entry = def.method(method).ok_or_else(|| CallError::NotFound {
-            service: self.service.to_string(),
-            method: method.to_owned(),
-        })?;
-        let now = Instant::now();
-        let at = now + deadline;
-        let trace = TraceId::current_or_random();
-        let ctx = Context::new(0, Some(at), false, trace);
-        let span = trace::serve_span(&self.service, method, 0, trace);
-        let stats = entry.stats.start_at(now, span.clone());
-        let fut = match entry.handler.call_wire(ctx, encoding, payload) {
-            Ok(fut) => fut,
-            Err(e) => {
-                stats.finish(Outcome::BadRequest);
-                return Err(bad_request(e));
-            }
-        };
-        let result = trace::in_span(run_guarded(fut, at, deadline), span).await;
-        stats.finish(local_outcome(&result, |frame| Outcome::of_frame(frame)));
-        result
-    }
-
-    /// Encodes a request frame and returns it with its body's length. Done before dialing, so
-    /// an unencodable or oversized request is refused without touching the network. The id is
-    /// filled in once the connection is known.
-    fn request_frame<E>(
-        &self,
-        method: &str,
-        encoding: Encoding,
-        deadline: Duration,
-        payload: impl FnOnce(&mut Vec<u8>) -> Result<(), CodecError>,
-    ) -> Result<(Vec<u8>, usize), CallError<E>> {
-        if method.is_empty()
-            || method.len() > wire::MAX_NAME_LEN
-            || self.service.len() > wire::MAX_NAME_LEN
-        {
-            return Err(CallError::Rejected {
-                reason: RejectReason::BadRequest,
-                message: "service and method names must be 1 to 255 bytes".to_owned(),
-            });
-        }
-        let max = self.node.config().max_frame_size;
-        let mut frame = Vec::with_capacity(256);
-        let head = RequestHead {
-            encoding,
-            deadline: Some(deadline),
-            service: &self.service,
-            method,
-            trace_id: Some(TraceId::current_or_random()),
-        };
-        let body_len = wire::write_request(&mut frame, 0, &head, payload).map_err(bad_request)?;
-        if body_len > max {
-            return Err(CallError::Rejected {
-                reason: RejectReason::TooLarge,
-                message: format!("request of {body_len} bytes exceeds the limit of {max}"),
-            });
-        }
-        Ok((frame, body_len))
-    }
-
-    /// Sends a request frame to `addr` within `deadline`. With a `kept` connection slot, a live
-    /// connection in it is used without a look at the node's peer table, and an empty slot
-    /// gets the connection the call used.
-    async fn send<E>(
-        &self,
-        addr: SocketAddr,
-        kept: Option<&OnceLock<Arc<PeerConn>>>,
-        mut frame: Vec<u8>,
-        body_len: usize,
-        deadline: Duration,
-    ) -> Result<Answer, CallError<E>> {
-        let peers = &self.node.peers();
-        let large = body_len >= self.node.config().large_message;
-        let call = async {
-            let looked_up;
-            let (conn, warm) = match kept.and_then(OnceLock::get).filter(|c| c.is_alive()) {
-                Some(conn) => (conn, true),
-                None => {
-                    looked_up = peers.get(addr).await?;
-                    if let Some(slot) = kept {
-                        // Full when the kept one died; the picker drops it (see `Picked`).
-                        let _ = slot.set(looked_up.0.clone());
-                    }
-                    (&looked_up.0, looked_up.1)
-                }
-            };
-            let id = conn.next_id();
-            wire::set_request_id(&mut frame, id);
-            let result = conn
-                .call(id, frame, large)
-                .await
-                .map_err(|e| conn.refused_or(e));
-            if result.is_err() {
-                peers.forget(conn);
-            }
-            result.map(|body| Answer { body, warm })
-        };
-        match tokio::time::timeout(deadline, call).await {
-            Err(_) => Err(CallError::DeadlineExceeded(deadline)),
-            Ok(Err(PeerError::Unreachable(reason))) => Err(CallError::Unreachable {
-                target: addr.to_string(),
-                reason,
-            }),
-            Ok(Err(PeerError::Lost(reason))) => Err(CallError::ConnectionLost {
-                target: addr.to_string(),
-                reason,
-            }),
-            Ok(Err(PeerError::Refused(reason))) => Err(CallError::HandshakeRefused {
-                target: addr.to_string(),
-                reason,
-            }),
-            Ok(Ok(sent)) => Ok(sent),
-        }
-    }
-}
-
-/// Runs an outgoing call with a trace id in scope (the caller's, or a new one) and in a
-/// `skynet.call` span that gets the outcome.
-async fn traced<T, E>(
-    service: &str,
-    method: &str,
-    call: impl Future<Output = Result<T, CallError<E>>>,
-) -> Result<T, CallError<E>> {
-    let trace = TraceId::current_or_random();
-    let span = trace::call_span(service, method, trace);
-    let result = trace::in_span(trace.scope(call), span.clone()).await;
-    trace::record_outcome(&span, call_outcome(&result));
-    result
-}
-
-/// How a call ended, as the caller saw it, for its span.
-fn call_outcome<T, E>(result: &Result<T, CallError<E>>) -> &'static str {
-    match result {
-        Ok(_) => "ok",
-        Err(CallError::Service(_)) => "service_error",
-        Err(CallError::Unreachable { .. }) => "unreachable",
-        Err(CallError::HandshakeRefused { .. }) => "handshake_refused",
-        Err(CallError::ConnectionLost { .. }) => "connection_lost",
-        Err(CallError::DeadlineExceeded(_)) => "deadline_exceeded",
-        Err(CallError::NotFound { .. }) => "not_found",
-        Err(CallError::Rejected { .. }) => "rejected",
-        Err(CallError::Unavailable(_)) => "unavailable",
-        Err(CallError::Stopping(_)) => "stopping",
-        Err(CallError::NoInstance { .. }) => "no_instance",
-        Err(CallError::Internal(_)) => "internal",
-        Err(CallError::Protocol(_)) => "protocol",
-    }
-}
-
-/// The served outcome of a same-process call, for the method's statistics.
-fn local_outcome<T, E>(
-    result: &Result<T, CallError<E>>,
-    ok: impl FnOnce(&T) -> Outcome,
-) -> Outcome {
-    match result {
-        Ok(value) => ok(value),
-        Err(CallError::Service(_)) => Outcome::ServiceError,
-        Err(CallError::DeadlineExceeded(_)) => Outcome::DeadlineExceeded,
-        Err(CallError::Rejected { .. }) => Outcome::BadRequest,
-        Err(_) => Outcome::Internal,
-    }
-}
-
-fn bad_request<E>(e: CodecError) -> CallError<E> {
-    CallError::Rejected {
-        reason: RejectReason::BadRequest,
-        message: e.to_string(),
-    }
-}
-
-/// Runs a local handler with the deadline and panic handling a remote call gets.
-async fn run_guarded<T, E>(
-    fut: crate::service::BoxFuture<T>,
-    at: Instant,
-    deadline: Duration,
-) -> Result<T, CallError<E>> {
-    match tokio::time::timeout_at(at.into(), AssertUnwindSafe(fut).catch_unwind()).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(panic)) => Err(CallError::Internal(format!(
-            "handler panicked: {}",
-            panic_message(&*panic)
-        ))),
-        Err(_) => Err(CallError::DeadlineExceeded(deadline)),
-    }
-}
-
-/// Turns a response body into the typed outcome.
-fn decode_reply<Resp: Wire, Err: Wire>(
-    body: &[u8],
-    service: &str,
-    method: &str,
-    deadline: Duration,
-) -> Result<Resp, CallError<Err>> {
-    let (status, encoding, payload) =
-        wire::parse_response(body).map_err(|e| CallError::Protocol(e.to_string()))?;
-    let message = || String::from_utf8_lossy(payload).into_owned();
-    match status {
-        Status::Ok => codec::decode(encoding, payload)
-            .map_err(|e| CallError::Protocol(format!("undecodable response: {e}"))),
-        Status::ServiceError => match codec::decode(encoding, payload) {
-            Ok(error) => Err(CallError::Service(error)),
-            Err(e) => Err(CallError::Protocol(format!(
-                "undecodable service error: {e}"
-            ))),
-        },
-        Status::NotFound => Err(CallError::NotFound {
-            service: service.to_owned(),
-            method: method.to_owned(),
-        }),
-        Status::DeadlineExceeded => Err(CallError::DeadlineExceeded(deadline)),
-        Status::BadRequest => Err(CallError::Rejected {
-            reason: RejectReason::BadRequest,
-            message: message(),
-        }),
-        Status::TooLarge => Err(CallError::Rejected {
-            reason: RejectReason::TooLarge,
-            message: message(),
-        }),
-        Status::Internal => Err(CallError::Internal(message())),
-        Status::Unavailable => Err(CallError::Unavailable(message())),
-        Status::Stopping => Err(CallError::Stopping(message())),
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::OnceLock;
+
     use super::*;
     use crate::ServiceError;
+    use crate::peer::PeerConn;
 
     const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -748,11 +468,16 @@ mod tests {
         kept: &OnceLock<Arc<PeerConn>>,
         text: &str,
     ) -> anyhow::Result<(String, bool)> {
-        let (frame, body_len) =
-            client.request_frame::<String>("say", Encoding::Bincode, DEADLINE, |out| {
-                codec::encode_into(Encoding::Bincode, &text.to_owned(), out)
-            })?;
+        let (frame, body_len) = client.node.rpc().request_frame::<String>(
+            &client.service,
+            "say",
+            Encoding::Bincode,
+            DEADLINE,
+            |out| codec::encode_into(Encoding::Bincode, &text.to_owned(), out),
+        )?;
         let answer = client
+            .node
+            .rpc()
             .send::<String>(addr, Some(kept), frame, body_len, DEADLINE)
             .await?;
         let reply: String = decode_reply::<String, String>(&answer.body, "echo", "say", DEADLINE)?;
@@ -780,13 +505,13 @@ mod tests {
 
         // The node gives up on the connection (as when it ejects the instance): the kept copy
         // is dead at once, and the next call dials a new one rather than failing on it.
-        caller.peers().forget_addr(addr, b"test");
+        caller.rpc().peers.forget_addr(addr, b"test");
         assert!(!first.is_alive());
         assert_eq!(
             say(&client, addr, &kept, "three").await?,
             ("three".to_owned(), false)
         );
-        assert!(caller.peers().is_connected(addr));
+        assert!(caller.rpc().peers.is_connected(addr));
 
         caller.shutdown().await;
         server.shutdown().await;
@@ -804,11 +529,11 @@ mod tests {
         let kept = OnceLock::new();
         say(&client, addr, &kept, "one").await?;
         let conn = kept.get().cloned().expect("the call kept its connection");
-        assert!(caller.peers().is_connected(addr));
+        assert!(caller.rpc().peers.is_connected(addr));
 
         server.shutdown().await;
         tokio::time::timeout(DEADLINE, conn.until_dead()).await?;
-        assert!(!caller.peers().is_connected(addr));
+        assert!(!caller.rpc().peers.is_connected(addr));
         caller.shutdown().await;
         Ok(())
     }

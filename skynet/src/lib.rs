@@ -69,6 +69,7 @@ mod peer;
 mod random;
 pub mod registry;
 pub mod route;
+mod rpc;
 mod server;
 mod service;
 pub mod stats;

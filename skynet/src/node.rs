@@ -16,6 +16,7 @@ use crate::error::NodeError;
 use crate::listener::ListenerLimits;
 use crate::peer::Peers;
 use crate::registry::{self, Instance, Registration, RegistrationConfig, Registry};
+use crate::rpc::RpcCore;
 use crate::server::{self, InFlight, ServerState};
 use crate::service::{IntoService, ServiceDef, ServiceDefError};
 use crate::stats::StatsSnapshot;
@@ -240,12 +241,14 @@ impl NodeBuilder {
         let node = Node {
             inner: Arc::new(NodeInner {
                 name: self.name,
-                addr,
-                peers: Peers::new(endpoint.clone(), self.config.clone()),
+                rpc: Arc::new(RpcCore {
+                    addr,
+                    peers: Peers::new(endpoint.clone(), self.config.clone()),
+                    services,
+                    config: self.config,
+                }),
                 endpoint: Mutex::new(Some(endpoint)),
-                services,
                 server,
-                config: self.config,
                 store: store_cell,
                 store_client,
                 balancer: Balancer::new(locality.clone()),
@@ -260,7 +263,13 @@ impl NodeBuilder {
             }),
         };
         if let Some(config) = member
-            && let Err(e) = store::start(&node, config, &node.inner.store).await
+            && let Err(e) = store::start(
+                &node.inner.rpc,
+                &node.inner.background,
+                config,
+                &node.inner.store,
+            )
+            .await
         {
             node.shutdown().await;
             return Err(e.into());
@@ -310,13 +319,11 @@ pub struct Node {
 
 struct NodeInner {
     name: String,
-    addr: SocketAddr,
+    /// The address, connections, hosted services and config the layers stand on.
+    rpc: Arc<RpcCore>,
     /// Taken at shutdown: the UDP socket is released once every handle is dropped.
     endpoint: Mutex<Option<quinn::Endpoint>>,
-    services: Arc<HashMap<Box<str>, ServiceDef>>,
     server: Arc<ServerState>,
-    peers: Peers,
-    config: RpcConfig,
     store: StoreCell,
     /// Set when the node is a client of the store rather than a member.
     store_client: Option<Arc<ClientShared>>,
@@ -351,7 +358,7 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("name", &self.inner.name)
-            .field("addr", &self.inner.addr)
+            .field("addr", &self.inner.rpc.addr)
             .finish_non_exhaustive()
     }
 }
@@ -382,12 +389,12 @@ impl Node {
 
     /// The address peers reach this node at.
     pub fn local_addr(&self) -> SocketAddr {
-        self.inner.addr
+        self.inner.rpc.addr
     }
 
     /// The transport settings in force.
     pub fn config(&self) -> &RpcConfig {
-        &self.inner.config
+        &self.inner.rpc.config
     }
 
     /// The address of the admin HTTP port, if [`NodeBuilder::admin`] asked for one.
@@ -398,11 +405,11 @@ impl Node {
     /// The call statistics of every method this node hosts, counted for remote and
     /// same-process calls alike.
     pub fn stats(&self) -> StatsSnapshot {
-        crate::service::stats_of(&self.inner.services)
+        crate::service::stats_of(&self.inner.rpc.services)
     }
 
     pub(crate) fn local_service(&self, name: &str) -> Option<&ServiceDef> {
-        self.inner.services.get(name)
+        self.inner.rpc.services.get(name)
     }
 
     /// This node's handle on the replicated config store, if it was started with
@@ -411,12 +418,21 @@ impl Node {
         self.inner
             .store
             .get()
-            .map(|shared| Store::member(shared.clone(), self.clone()))
+            .map(|shared| {
+                Store::member(
+                    shared.clone(),
+                    self.inner.rpc.clone(),
+                    self.inner.background.clone(),
+                )
+            })
             .or_else(|| {
-                self.inner
-                    .store_client
-                    .as_ref()
-                    .map(|client| Store::client(client.clone(), self.clone()))
+                self.inner.store_client.as_ref().map(|client| {
+                    Store::client(
+                        client.clone(),
+                        self.inner.rpc.clone(),
+                        self.inner.background.clone(),
+                    )
+                })
             })
     }
 
@@ -424,24 +440,19 @@ impl Node {
         WeakNode(Arc::downgrade(&self.inner))
     }
 
-    /// The connections this node dialed.
-    pub(crate) fn peers(&self) -> &Peers {
-        &self.inner.peers
-    }
-
     /// What this node's clients share for calls by name: the retry budget, ejections, probes.
     pub(crate) fn balancer(&self) -> &Balancer {
         &self.inner.balancer
     }
 
+    /// The core the node's layers stand on.
+    pub(crate) fn rpc(&self) -> &Arc<RpcCore> {
+        &self.inner.rpc
+    }
+
     /// The live registry view, once the node has a store.
     pub(crate) fn registry_view(&self) -> Option<&Registry> {
         self.inner.registry.get()
-    }
-
-    /// Cancelled at shutdown: ends the node's background tasks.
-    pub(crate) fn background(&self) -> &CancellationToken {
-        &self.inner.background
     }
 
     /// This node's live view of the service registry; `None` without a store.
@@ -487,12 +498,14 @@ impl Node {
                     // when they may be, rather than wait out the connection's idle timeout.
                     // Done here, once, instead of racing every call against a signal.
                     node.inner
+                        .rpc
                         .peers
                         .forget_addr(addr, b"the instance left the registry");
                 }
             }
         });
         let records: Vec<Instance> = inner
+            .rpc
             .services
             .values()
             .filter(|def| !store::is_internal(def.name()) && !inner.unlisted.contains(def.name()))
@@ -520,7 +533,7 @@ impl Node {
             service: def.name().to_owned(),
             version: def.version().clone(),
             node: inner.name.clone(),
-            addr: inner.addr,
+            addr: inner.rpc.addr,
             host: inner.locality.host.clone(),
             region: inner.locality.region.clone(),
             started_at_ms: inner.started_at_ms,
@@ -534,7 +547,7 @@ impl Node {
     /// in the background until it answers again or leaves the registry.
     pub(crate) fn eject(&self, addr: SocketAddr) {
         let weak = self.downgrade();
-        self.inner.peers.forget_addr(addr, b"peer ejected");
+        self.inner.rpc.peers.forget_addr(addr, b"peer ejected");
         self.inner.balancer.eject(addr, move |stats| async move {
             let mut pause = Duration::from_millis(100);
             loop {
@@ -544,7 +557,7 @@ impl Node {
                     balance::stop_probing(&stats);
                     return;
                 }
-                if node.inner.peers.get(addr).await.is_ok() {
+                if node.inner.rpc.peers.get(addr).await.is_ok() {
                     tracing::info!(%addr, "ejected instance answers again");
                     balance::readmit(&stats);
                     return;
@@ -569,7 +582,7 @@ impl Node {
             return;
         }
         inner.server.inflight.stop();
-        let store_deadline = tokio::time::Instant::now() + inner.config.shutdown_grace;
+        let store_deadline = tokio::time::Instant::now() + inner.rpc.config.shutdown_grace;
         let registration = inner.registration.get();
         if let Some(registration) = registration {
             let unregistered = bounded(
@@ -592,7 +605,7 @@ impl Node {
         let left = inner
             .server
             .inflight
-            .drain(inner.config.drain_timeout)
+            .drain(inner.rpc.config.drain_timeout)
             .await;
         if left > 0 {
             tracing::warn!(left, "drain timeout passed with calls still running");
@@ -609,14 +622,14 @@ impl Node {
             .is_err()
         {
             tracing::warn!(
-                grace = ?inner.config.shutdown_grace,
+                grace = ?inner.rpc.config.shutdown_grace,
                 "gave up waiting for the config store member to stop: the shutdown grace passed"
             );
         }
         inner.server.closing.cancel();
         inner.server.writers.close();
         let _ = tokio::time::timeout(Duration::from_secs(3), inner.server.writers.wait()).await;
-        inner.peers.close_all();
+        inner.rpc.peers.close_all();
         endpoint.close(0u32.into(), b"node shut down");
         // The close frames are sent by now; waiting out the draining period only absorbs
         // stray packets, and a peer that vanished first would make it take the idle timeout.

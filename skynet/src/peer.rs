@@ -777,7 +777,8 @@ mod tests {
         let mut a = std::pin::pin!(client.call::<(), (), ServiceError>("a", ()));
         assert!(futures_util::poll!(&mut a).is_pending());
         let (conn, _) = caller
-            .peers()
+            .rpc()
+            .peers
             .get(server.local_addr())
             .await
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -848,7 +849,8 @@ mod tests {
         let deadline = Duration::from_secs(10);
         let _ = client.call::<(), (), ServiceError>("none", ()).await;
         let (conn, _) = caller
-            .peers()
+            .rpc()
+            .peers
             .get(server.local_addr())
             .await
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;

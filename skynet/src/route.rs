@@ -635,7 +635,7 @@ impl RouteTable {
     pub fn start(store: Store) -> Self {
         let (tx, rx) = tokio::sync::watch::channel(Arc::new(RouteSnapshot::default()));
         let stop = CancellationToken::new();
-        let node_stop = store.node().background().clone();
+        let node_stop = store.background().clone();
         let table = Self {
             snapshot: rx,
             _stop: Arc::new(stop.clone().drop_guard()),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use skynet_raft::state::Command;
+use tokio_util::sync::CancellationToken;
 
 use super::client::{CLIENT_RETRY_PAUSE, ClientShared, PROBE_INTERVAL};
 use super::member::StoreShared;
@@ -16,7 +17,7 @@ use super::{
     Compare, CompareOp, CompareTarget, EXECUTE, KeyValue, LeaseId, Op, OpResponse, Outcome,
     Revision, STORE_SERVICE, StoreConfig, StoreError, StoreStatus, StoreWatch, Txn, random_u64,
 };
-use crate::node::Node;
+use crate::rpc::RpcCore;
 
 /// How long to wait for a leader between attempts of a forwarded request.
 const LEADER_POLL: Duration = Duration::from_millis(250);
@@ -48,7 +49,9 @@ pub(super) enum Backend {
 #[derive(Clone)]
 pub struct Store {
     pub(super) backend: Backend,
-    pub(super) node: Node,
+    pub(super) rpc: Arc<RpcCore>,
+    /// The node's background work, which ends at its shutdown.
+    background: CancellationToken,
 }
 
 impl std::fmt::Debug for Store {
@@ -64,21 +67,31 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// The node this handle belongs to.
-    pub(crate) fn node(&self) -> &Node {
-        &self.node
+    pub(crate) fn background(&self) -> &CancellationToken {
+        &self.background
     }
 
-    pub(crate) fn member(shared: Arc<StoreShared>, node: Node) -> Self {
+    pub(crate) fn member(
+        shared: Arc<StoreShared>,
+        rpc: Arc<RpcCore>,
+        background: CancellationToken,
+    ) -> Self {
         Self {
             backend: Backend::Member(shared),
-            node,
+            rpc,
+            background,
         }
     }
 
-    pub(crate) fn client(client: Arc<ClientShared>, node: Node) -> Self {
+    pub(crate) fn client(
+        client: Arc<ClientShared>,
+        rpc: Arc<RpcCore>,
+        background: CancellationToken,
+    ) -> Self {
         Self {
             backend: Backend::Client(client),
-            node,
+            rpc,
+            background,
         }
     }
 
@@ -147,7 +160,7 @@ impl Store {
         req: &Request,
         deadline: Instant,
     ) -> Result<Reply, Refusal> {
-        let own = self.node.local_addr();
+        let own = self.rpc.addr;
         let is_member = matches!(self.backend, Backend::Member(_));
         let mut target = first;
         for _ in 0..MAX_HOPS {
@@ -206,12 +219,13 @@ impl Store {
     ) -> Result<Reply, Refusal> {
         let may_apply = seek::may_apply(&req);
         let watch_leader = seek::watches_leader(&req);
-        let client = self
-            .node
-            .client(STORE_SERVICE)
-            .at(addr)
-            .with_deadline(remaining);
-        let call = client.call::<Request, Reply, Refusal>(EXECUTE, req);
+        let call = self.rpc.call_at::<Request, Reply, Refusal>(
+            STORE_SERVICE,
+            addr,
+            EXECUTE,
+            req,
+            remaining,
+        );
         let outcome = tokio::select! {
             // An answer that is already there wins over giving up on the member.
             biased;
@@ -219,7 +233,7 @@ impl Store {
             () = self.leader_moved(addr), if watch_leader => {
                 tracing::debug!(member = %addr, "store request abandoned: another member leads");
                 self.suspect(addr);
-                let connected = self.node.peers().is_connected(addr);
+                let connected = self.rpc.peers.is_connected(addr);
                 return Err(abandoned(addr, may_apply, connected));
             }
         };
@@ -272,11 +286,14 @@ impl Store {
             return false;
         };
         let reply = self
-            .node
-            .client(STORE_SERVICE)
-            .at(addr)
-            .with_deadline(PROBE_INTERVAL)
-            .call::<Request, Reply, Refusal>(EXECUTE, Request::Leader)
+            .rpc
+            .call_at::<Request, Reply, Refusal>(
+                STORE_SERVICE,
+                addr,
+                EXECUTE,
+                Request::Leader,
+                PROBE_INTERVAL,
+            )
             .await;
         match reply {
             Ok(Reply::Leader(leader)) => {
@@ -291,11 +308,14 @@ impl Store {
     async fn ask_for_leader(&self, client: &ClientShared, busy: SocketAddr) -> Option<String> {
         for seed in client.config.seeds.iter().filter(|s| **s != busy) {
             let reply = self
-                .node
-                .client(STORE_SERVICE)
-                .at(*seed)
-                .with_deadline(PROBE_INTERVAL)
-                .call::<Request, Reply, Refusal>(EXECUTE, Request::Leader)
+                .rpc
+                .call_at::<Request, Reply, Refusal>(
+                    STORE_SERVICE,
+                    *seed,
+                    EXECUTE,
+                    Request::Leader,
+                    PROBE_INTERVAL,
+                )
                 .await;
             if let Ok(Reply::Leader(Some(leader))) = reply {
                 return Some(leader);
@@ -364,7 +384,7 @@ impl Store {
     /// seconds), so that a client whose seeds are gone still reaches the cluster.
     pub fn known_members(&self) -> Vec<SocketAddr> {
         match &self.backend {
-            Backend::Member(_) => vec![self.node.local_addr()],
+            Backend::Member(_) => vec![self.rpc.addr],
             Backend::Client(client) => client.candidates(),
         }
     }
@@ -558,7 +578,7 @@ impl Store {
             Backend::Member(shared) => WatchInner::Member(shared.raft.watch(prefix, after)),
             Backend::Client(client) => WatchInner::Client(ClientWatch {
                 client: client.clone(),
-                node: self.node.clone(),
+                rpc: self.rpc.clone(),
                 prefix: prefix.into(),
                 after,
                 round: 0,

@@ -15,7 +15,7 @@ use super::{
     WATCH, random_u64,
 };
 use crate::error::CallError;
-use crate::node::{Node, WeakNode};
+use crate::rpc::RpcCore;
 use crate::service::{Context, ServiceDef, ServiceDefError, ServiceError};
 
 const NODE_ID_FILE: &str = "node-id";
@@ -201,7 +201,8 @@ pub(crate) fn services(cell: &StoreCell) -> Result<Vec<ServiceDef>, ServiceDefEr
 
 /// Raft traffic over the node's endpoint: each message is a call to `skynet.raft`.
 struct QuicTransport {
-    node: WeakNode,
+    /// Weak: the core hosts the store's services, which hold this transport.
+    rpc: std::sync::Weak<RpcCore>,
     health: Arc<Health>,
     /// The frame limit less room for the call's envelope (a longer request would be refused),
     /// at most [`RAFT_MAX_REQUEST`].
@@ -227,7 +228,7 @@ impl Transport for QuicTransport {
             node: target,
             reason,
         };
-        let Some(node) = self.node.upgrade() else {
+        let Some(rpc) = self.rpc.upgrade() else {
             return Err(unreachable("this node is shut down".into()));
         };
         let to: SocketAddr = addr
@@ -238,11 +239,8 @@ impl Transport for QuicTransport {
             RpcKind::Snapshot => ("snapshot", SNAPSHOT_DEADLINE),
             _ => ("append_entries", RAFT_RPC_DEADLINE),
         };
-        let reply = node
-            .client(RAFT_SERVICE)
-            .at(to)
-            .with_deadline(deadline)
-            .call::<Vec<u8>, Vec<u8>, ServiceError>(method, request)
+        let reply = rpc
+            .call_at::<Vec<u8>, Vec<u8>, ServiceError>(RAFT_SERVICE, to, method, request, deadline)
             .await;
         if reply.is_ok() {
             self.health.answered(target);
@@ -287,11 +285,12 @@ fn node_id(dir: &Path) -> Result<u64, StoreError> {
 
 /// Starts the Raft member of `node`, fills `cell`, and bootstraps or joins.
 pub(crate) async fn start(
-    node: &Node,
+    rpc: &Arc<RpcCore>,
+    background: &tokio_util::sync::CancellationToken,
     config: StoreConfig,
     cell: &StoreCell,
 ) -> Result<(), StoreError> {
-    if node.local_addr().ip().is_unspecified() {
+    if rpc.addr.ip().is_unspecified() {
         return Err(StoreError::Config(
             "a store member must bind a specific IP: peers dial the address it binds".into(),
         ));
@@ -304,10 +303,10 @@ pub(crate) async fn start(
     let id = node_id(&data_dir)?;
     let health = Arc::new(Health::default());
     let transport = QuicTransport {
-        node: node.downgrade(),
+        rpc: Arc::downgrade(rpc),
         health: health.clone(),
-        max_request_len: node
-            .config()
+        max_request_len: rpc
+            .config
             .max_frame_size
             .saturating_sub(RAFT_ENVELOPE_ALLOWANCE)
             .min(RAFT_MAX_REQUEST),
@@ -323,7 +322,7 @@ pub(crate) async fn start(
     // A member the cluster knows under another address would be cut off here: nobody sends to
     // this one, and it would campaign without end and, once heard, depose a healthy leader.
     // It refuses to start before its first election timeout, saying why.
-    let addr = node.local_addr().to_string();
+    let addr = rpc.addr.to_string();
     let recorded = raft.recorded_addr().await.map_err(StoreError::from_raft)?;
     if let Some(recorded) = recorded.filter(|r| *r != addr) {
         let _ = raft.shutdown().await;
@@ -344,7 +343,7 @@ pub(crate) async fn start(
     if cell.set(shared.clone()).is_err() {
         return Err(StoreError::Config("the store was started twice".into()));
     }
-    let store = Store::member(shared.clone(), node.clone());
+    let store = Store::member(shared.clone(), rpc.clone(), background.clone());
     if shared.config.bootstrap {
         shared
             .raft
@@ -365,7 +364,7 @@ pub(crate) async fn start(
         Arc::downgrade(&shared),
         shared.stopping.clone(),
     ));
-    tracing::info!(id, addr = %node.local_addr(), "config store member started");
+    tracing::info!(id, addr = %rpc.addr, "config store member started");
     Ok(())
 }
 

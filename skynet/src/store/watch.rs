@@ -8,7 +8,7 @@ use super::seek::poll_failure_suspects;
 use super::wire::{Refusal, WatchBatch, WatchPoll};
 use super::{Event, Revision, STORE_SERVICE, StoreError, WATCH};
 use crate::error::CallError;
-use crate::node::Node;
+use crate::rpc::RpcCore;
 
 /// How long a client's watch poll waits before asking again (below `MAX_WATCH_WAIT`). It
 /// also bounds, with the half-second margin of the poll's deadline, how long a watch sits on a
@@ -29,7 +29,7 @@ pub(super) enum WatchInner {
 /// A client's watch: long polls of one member at a time.
 pub(super) struct ClientWatch {
     pub(super) client: Arc<ClientShared>,
-    pub(super) node: Node,
+    pub(super) rpc: std::sync::Arc<RpcCore>,
     pub(super) prefix: String,
     pub(super) after: Revision,
     /// Which seed to poll (advances when a member fails).
@@ -47,12 +47,13 @@ impl ClientWatch {
                 after: self.after,
                 wait_ms: u64::try_from(WATCH_WAIT.as_millis()).unwrap_or(u64::MAX),
             };
-            let client = self
-                .node
-                .client(STORE_SERVICE)
-                .at(target)
-                .with_deadline(WATCH_WAIT + Duration::from_millis(500));
-            let call = client.call::<WatchPoll, WatchBatch, Refusal>(WATCH, poll);
+            let call = self.rpc.call_at::<WatchPoll, WatchBatch, Refusal>(
+                STORE_SERVICE,
+                target,
+                WATCH,
+                poll,
+                WATCH_WAIT + Duration::from_millis(500),
+            );
             // A poll moves on when a request of this client suspects its member meanwhile, but
             // a poll sent to a member already suspected (every member is) waits for its answer:
             // abandoning it at once would only spin.
