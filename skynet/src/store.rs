@@ -30,9 +30,9 @@ mod wire;
 
 use std::hash::{BuildHasher, Hasher};
 
+pub use crate::error::StoreError;
 pub(crate) use client::ClientShared;
 pub use config::StoreConfig;
-pub use error::StoreError;
 pub use handle::Store;
 pub(crate) use handle::learn_members;
 pub(crate) use member::{StoreCell, StoreShared, services, shutdown, start, stop_polls};

@@ -38,7 +38,7 @@ pub(super) enum Backend {
     Client(Arc<ClientShared>),
 }
 
-/// This node's handle on the replicated config store, from [`Node::store`]. Cheap to clone.
+/// This node's handle on the replicated config store, from [`Node::store`](crate::Node::store). Cheap to clone.
 ///
 /// Every node can hold one, member or client ([`StoreConfig::client`]), with the same API:
 /// writes, linearizable reads and keep-alives go to the leader (forwarded by whichever member is
