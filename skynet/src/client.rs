@@ -144,7 +144,7 @@ impl ServiceClient {
     /// Calls `method` with a typed request. Dropping the returned future cancels the call,
     /// here and on the serving node.
     ///
-    /// The call carries the [`TraceId`](crate::TraceId) in scope (inside a handler: the served call's), or a
+    /// The call carries the [`TraceId`](crate::trace::TraceId) in scope (inside a handler: the served call's), or a
     /// new one, and runs in a `skynet.call` span.
     pub async fn call<Req: Wire, Resp: Wire, Err: Wire>(
         &self,

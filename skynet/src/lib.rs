@@ -43,7 +43,7 @@
 //!   and the [`route::Router`] that runs them, found by name like any service.
 //! - [`stats`]: every node counts the calls of each method it hosts ([`Node::stats`]) and,
 //!   with [`NodeBuilder::admin`], serves them over HTTP as `/debug/vars` and `/metrics`.
-//! - [`trace`]: every call carries a [`TraceId`] across hops, and runs in `tracing` spans.
+//! - [`trace`]: every call carries a [`trace::TraceId`] across hops, and runs in `tracing` spans.
 //! - [`tls`] creates the cluster CA and node certificates, or does it all in development mode.
 //! - [`registry`]: the live view of which instances serve what, behind calls by name.
 //! - [`initiator`]: HTTP, TCP and file front doors that run stored routes.
@@ -83,17 +83,17 @@ mod wire;
 pub use client::ServiceClient;
 pub use codec::Encoding;
 pub use config::RpcConfig;
+pub use error::StoreError;
 pub use error::{CallError, NodeError, RejectReason};
 pub use listener::{LimitsError, ListenerLimits};
 pub use node::{Node, NodeBuilder};
-pub use registry::{Instance, Registry};
 /// Version requirements for calls by name ([`ServiceClient::with_version`]).
 pub use semver::VersionReq;
 pub use service::{
     Context, IntoService, ServiceDef, ServiceDefBuilder, ServiceDefError, ServiceError, Wire,
 };
-pub use store::{Store, StoreConfig, StoreError};
-pub use trace::TraceId;
+pub use store::config::StoreConfig;
+pub use store::handle::Store;
 
 /// Turns an async fn, or an `impl` block of async methods, into a service and a typed client.
 ///

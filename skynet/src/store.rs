@@ -18,9 +18,9 @@
 //! are skynet-raft's plain serde types.
 
 mod client;
-mod config;
+pub(crate) mod config;
 mod error;
-mod handle;
+pub(crate) mod handle;
 mod member;
 mod membership;
 pub(crate) mod mirror;
@@ -30,10 +30,12 @@ mod wire;
 
 use std::hash::{BuildHasher, Hasher};
 
-pub use crate::error::StoreError;
+// `Store`, `StoreConfig` and `StoreError` are reached at the crate root only (one path per
+// public type); the crate uses them from here.
+pub(crate) use crate::error::StoreError;
 pub(crate) use client::ClientShared;
-pub use config::StoreConfig;
-pub use handle::Store;
+pub(crate) use config::StoreConfig;
+pub(crate) use handle::Store;
 pub(crate) use handle::learn_members;
 pub(crate) use member::{StoreCell, StoreShared, services, shutdown, start, stop_polls};
 pub use watch::StoreWatch;

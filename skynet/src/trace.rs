@@ -10,7 +10,7 @@
 //!
 //! ```
 //! # async fn run(node: skynet::Node) {
-//! use skynet::TraceId;
+//! use skynet::trace::TraceId;
 //!
 //! let trace = TraceId::random();
 //! trace

@@ -3,7 +3,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use skynet::{Context, Node, ServiceDef, ServiceError, TraceId};
+use skynet::trace::TraceId;
+use skynet::{Context, Node, ServiceDef, ServiceError};
 
 type TestResult = anyhow::Result<()>;
 

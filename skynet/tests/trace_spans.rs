@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use skynet::{Context, Node, ServiceDef, ServiceError, TraceId};
+use skynet::trace::TraceId;
+use skynet::{Context, Node, ServiceDef, ServiceError};
 use tracing::{Level, span};
 use tracing_subscriber::layer::{Context as LayerContext, Layer, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
