@@ -25,6 +25,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
 use crate::error::NodeError;
+use crate::health::{Health, Readiness};
 use crate::http::{self, HttpServer, plain};
 use crate::listener::ListenerLimits;
 use crate::service::ServiceDef;
@@ -49,6 +50,7 @@ pub(crate) const LIMITS: ListenerLimits = ListenerLimits {
 /// What the admin port reports on.
 struct AdminState {
     node: String,
+    health: Arc<Health>,
     services: Arc<HashMap<Box<str>, ServiceDef>>,
     started: Instant,
 }
@@ -79,11 +81,13 @@ impl Bound {
     pub(crate) fn serve(
         self,
         node: &str,
+        health: Arc<Health>,
         services: Arc<HashMap<Box<str>, ServiceDef>>,
         limits: ListenerLimits,
     ) -> Result<AdminServer, NodeError> {
         let state = Arc::new(AdminState {
             node: node.to_owned(),
+            health,
             services,
             started: Instant::now(),
         });
@@ -114,18 +118,21 @@ impl AdminServer {
     }
 }
 
+/// The admin port's pages.
+enum Page {
+    Vars,
+    Metrics,
+    Alive,
+    Ready,
+}
+
 /// Answers one request. Pure apart from reading the process's memory and command line.
 fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let render: fn(&StatsSnapshot, &render::ProcessInfo) -> String;
-    let content_type = match request.uri().path() {
-        "/debug/vars" => {
-            render = render::vars;
-            "application/json"
-        }
-        "/metrics" => {
-            render = render::prometheus;
-            render::PROMETHEUS_CONTENT_TYPE
-        }
+    let page = match request.uri().path() {
+        "/debug/vars" => Page::Vars,
+        "/metrics" => Page::Metrics,
+        "/healthz" => Page::Alive,
+        "/readyz" => Page::Ready,
         _ => return plain(StatusCode::NOT_FOUND, "not found\n"),
     };
     if !matches!(*request.method(), Method::GET | Method::HEAD) {
@@ -135,11 +142,42 @@ fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Byt
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
+    let (render, content_type): (fn(&StatsSnapshot, &render::ProcessInfo) -> String, _) = match page
+    {
+        Page::Vars => (render::vars, "application/json"),
+        Page::Metrics => (render::prometheus, render::PROMETHEUS_CONTENT_TYPE),
+        // Answering at all is being alive.
+        Page::Alive => {
+            let body = serde_json::json!({ "alive": true, "node": state.node });
+            return http::respond(
+                StatusCode::OK,
+                "application/json",
+                Bytes::from(body.to_string()),
+            );
+        }
+        Page::Ready => return readiness(state),
+    };
     let body = render(
         &crate::service::stats_of(&state.services),
         &process_info(state),
     );
     http::respond(StatusCode::OK, content_type, Bytes::from(body))
+}
+
+/// `/readyz`: 200 while the node serves, 503 with its state and why otherwise.
+fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
+    let readiness = state.health.get();
+    let ready = readiness == Readiness::Serving;
+    let mut body = serde_json::json!({ "ready": ready, "state": readiness.name() });
+    if let Readiness::Unregistered(why) = &readiness {
+        body["reason"] = serde_json::Value::from(why.as_str());
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    http::respond(status, "application/json", Bytes::from(body.to_string()))
 }
 
 fn process_info(state: &AdminState) -> render::ProcessInfo {

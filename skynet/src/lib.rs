@@ -60,6 +60,7 @@ mod client;
 mod codec;
 mod config;
 mod error;
+mod health;
 mod http;
 mod id_map;
 pub mod initiator;

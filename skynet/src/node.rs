@@ -13,6 +13,7 @@ use crate::admin::{self, AdminServer};
 use crate::balance::{self, Balancer, Locality};
 use crate::config::RpcConfig;
 use crate::error::NodeError;
+use crate::health::{Health, Readiness};
 use crate::listener::ListenerLimits;
 use crate::peer::Peers;
 use crate::registry::{self, Instance, Registration, RegistrationConfig, Registry};
@@ -222,6 +223,7 @@ impl NodeBuilder {
             source,
         })?;
         let services = Arc::new(services);
+        let health = Arc::new(Health::default());
         let server = Arc::new(ServerState {
             services: services.clone(),
             config: self.config.clone(),
@@ -230,7 +232,14 @@ impl NodeBuilder {
             writers: TaskTracker::new(),
         });
         let admin = admin_port
-            .map(|port| port.serve(&self.name, services.clone(), self.admin_limits))
+            .map(|port| {
+                port.serve(
+                    &self.name,
+                    health.clone(),
+                    services.clone(),
+                    self.admin_limits,
+                )
+            })
             .transpose()?;
         tokio::spawn(server::accept_loop(endpoint.clone(), server.clone()));
         tracing::info!(name = %self.name, %addr, services = services.len(), "node started");
@@ -248,6 +257,7 @@ impl NodeBuilder {
                     config: self.config,
                 }),
                 endpoint: Mutex::new(Some(endpoint)),
+                health,
                 server,
                 store: store_cell,
                 store_client,
@@ -278,6 +288,7 @@ impl NodeBuilder {
             node.shutdown().await;
             return Err(e.into());
         }
+        node.inner.health.set(Readiness::Serving);
         Ok(node)
     }
 }
@@ -321,6 +332,8 @@ struct NodeInner {
     name: String,
     /// The address, connections, hosted services and config the layers stand on.
     rpc: Arc<RpcCore>,
+    /// Whether the node serves, for the admin port's `/readyz`.
+    health: Arc<Health>,
     /// Taken at shutdown: the UDP socket is released once every handle is dropped.
     endpoint: Mutex<Option<quinn::Endpoint>>,
     server: Arc<ServerState>,
@@ -514,8 +527,13 @@ impl Node {
         if records.is_empty() {
             return Ok(());
         }
-        let registration =
-            Registration::start(store, inner.registration_config.clone(), records).await?;
+        let registration = Registration::start(
+            store,
+            inner.registration_config.clone(),
+            records,
+            inner.health.clone(),
+        )
+        .await?;
         let _ = inner.registration.set(registration);
         Ok(())
     }
@@ -581,6 +599,7 @@ impl Node {
         if inner.endpoint.locked().is_none() {
             return;
         }
+        inner.health.set(Readiness::Stopping);
         inner.server.inflight.stop();
         let store_deadline = tokio::time::Instant::now() + inner.rpc.config.shutdown_grace;
         let registration = inner.registration.get();

@@ -20,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::health::{Health, Readiness};
 use crate::store::mirror::{MirrorView, mirror_prefix};
 use crate::store::{Event, EventKind, KeyValue, LeaseId, Op, Revision, Store, StoreError, Txn};
 use crate::sync::Locked as _;
@@ -406,6 +407,8 @@ pub(crate) struct Registration {
     records: Mutex<Vec<Instance>>,
     lease: Mutex<Option<LeaseId>>,
     stop: CancellationToken,
+    /// The node's readiness: not serving while its records are out of the registry.
+    health: Arc<Health>,
 }
 
 impl Registration {
@@ -414,6 +417,7 @@ impl Registration {
         store: Store,
         config: RegistrationConfig,
         records: Vec<Instance>,
+        health: Arc<Health>,
     ) -> Result<Arc<Self>, StoreError> {
         let registration = Arc::new(Self {
             store,
@@ -421,6 +425,7 @@ impl Registration {
             records: Mutex::new(records),
             lease: Mutex::new(None),
             stop: CancellationToken::new(),
+            health,
         });
         // Each attempt grants a fresh lease and writes every record again, so an attempt whose
         // outcome is unknown is settled by the next one: a lease granted but never told of
@@ -459,6 +464,7 @@ impl Registration {
 
     async fn keep_alive(self: Arc<Self>) {
         let every = self.config.ttl / 3;
+        let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
@@ -469,15 +475,35 @@ impl Registration {
                 None => Err(StoreError::Lease("no lease yet".into())),
             };
             match result {
-                Ok(()) => {}
+                Ok(()) => {
+                    renewed = tokio::time::Instant::now();
+                    self.health.set(Readiness::Serving);
+                }
                 Err(StoreError::Lease(reason)) => {
                     // Cut off for longer than the TTL: the records are gone. Write them again.
                     tracing::warn!(%reason, "registration lease lost; registering again");
-                    if let Err(e) = self.register_all().await {
-                        tracing::warn!(error = %e, "registering again failed; retrying");
+                    self.health.set(Readiness::Unregistered(format!(
+                        "the registration lease was lost: {reason}"
+                    )));
+                    match self.register_all().await {
+                        Ok(()) => {
+                            renewed = tokio::time::Instant::now();
+                            self.health.set(Readiness::Serving);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "registering again failed; retrying"),
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "registration keep-alive failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "registration keep-alive failed; retrying");
+                    // Past its TTL unrenewed, the lease has expired in the store: the records
+                    // are gone, whatever the store says once it answers again.
+                    if renewed.elapsed() > self.config.ttl {
+                        self.health.set(Readiness::Unregistered(format!(
+                            "the registration lease was not renewed for {:?}: {e}",
+                            self.config.ttl
+                        )));
+                    }
+                }
             }
         }
     }

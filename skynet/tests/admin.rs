@@ -518,3 +518,86 @@ async fn a_remote_call_dropped_by_its_caller_counts_as_cancelled() -> TestResult
     server.shutdown().await;
     Ok(())
 }
+
+/// Polls `/readyz` until it answers `status` with `state`, within 20 s; returns the body.
+async fn readyz_until(admin: SocketAddr, status: u16, state: &str) -> anyhow::Result<Value> {
+    let wait = async {
+        loop {
+            let (got, head, body) = get(admin, "/readyz").await?;
+            let body: Value = serde_json::from_str(&body)?;
+            assert!(
+                head.to_ascii_lowercase()
+                    .contains("content-type: application/json"),
+                "{head}"
+            );
+            if got == status && body["state"] == state {
+                return anyhow::Ok(body);
+            }
+            // The state changes with the store's lease timers; ask again shortly.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), wait)
+        .await
+        .map_err(|_| anyhow::anyhow!("/readyz never answered {status} {state}"))?
+}
+
+/// `/healthz` says a node is alive; `/readyz` says whether it serves: 200 once its services are
+/// registered, 503 `unregistered` (with the reason) once its registration lease has gone
+/// unrenewed past its TTL because the store is gone, and 503 `stopping` from the start of its
+/// shutdown. One check for a supervisor, a load balancer and a Kubernetes probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_says_alive_and_readyz_says_whether_the_node_serves() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = Node::builder()
+        .name("store")
+        .bind(LOOPBACK)
+        .development_credentials(dir.path().join("certs"))
+        .store(skynet::StoreConfig::bootstrap(dir.path().join("data")))
+        .start()
+        .await?;
+    let server = Node::builder()
+        .name("server")
+        .development_credentials(dir.path().join("certs"))
+        .admin(LOOPBACK)
+        .registration(skynet::registry::RegistrationConfig {
+            ttl: Duration::from_millis(600),
+            ..Default::default()
+        })
+        .store(
+            skynet::StoreConfig::client(vec![store.local_addr()])
+                .timeout(Duration::from_millis(300)),
+        )
+        .service(calc(mpsc::unbounded_channel().0, Arc::new(Notify::new())))
+        .start()
+        .await?;
+    let admin = server.admin_addr().expect("an admin port");
+
+    let (status, _, body) = get(admin, "/healthz").await?;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Value>(&body)?["alive"], true);
+    let (status, _, body) = get(admin, "/readyz").await?;
+    assert_eq!(
+        (status, serde_json::from_str::<Value>(&body)?),
+        (200, json!({"ready": true, "state": "serving"}))
+    );
+
+    // The store goes away: once the lease is past its TTL unrenewed, the node no longer serves
+    // by name (its records are gone), though it is alive.
+    store.shutdown().await;
+    let body = readyz_until(admin, 503, "unregistered").await?;
+    assert_eq!(body["ready"], false);
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not renewed")),
+        "{body}"
+    );
+    assert_eq!(get(admin, "/healthz").await?.0, 200);
+
+    // From the start of its shutdown it says so.
+    let stopping = tokio::spawn(async move { server.shutdown().await });
+    readyz_until(admin, 503, "stopping").await?;
+    stopping.await?;
+    Ok(())
+}
