@@ -138,13 +138,14 @@ fn local_value(node: &RaftNode, key: &str) -> Option<Vec<u8>> {
     node.local_read(|s| s.get(key).map(|kv| kv.value.clone()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_minority_cannot_commit_and_the_majority_can() -> Result<(), RaftNodeError> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let net = Arc::new(Net::default());
+/// Members 1, 2 and 3, all voters, 1 leading, with `k` = `before` written; and their ids.
+async fn three_voters(
+    net: &Arc<Net>,
+    dir: &Path,
+) -> Result<(BTreeMap<NodeId, RaftNode>, BTreeSet<NodeId>), RaftNodeError> {
     let mut nodes = BTreeMap::new();
     for id in 1..=3 {
-        nodes.insert(id, start(&net, dir.path(), id).await);
+        nodes.insert(id, start(net, dir, id).await);
     }
     let all: BTreeSet<NodeId> = nodes.keys().copied().collect();
     nodes[&1].initialize([(1, addr(1))].into()).await?;
@@ -154,6 +155,14 @@ async fn a_minority_cannot_commit_and_the_majority_can() -> Result<(), RaftNodeE
     }
     nodes[&1].change_membership(all.clone()).await?;
     nodes[&1].write(put("k", "before")).await?;
+    Ok((nodes, all))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_cannot_commit_and_the_majority_can() -> Result<(), RaftNodeError> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let net = Arc::new(Net::default());
+    let (mut nodes, all) = three_voters(&net, dir.path()).await?;
 
     // Isolate the leader: it is a minority of one.
     let old = 1;
@@ -227,18 +236,7 @@ async fn a_follower_cut_off_and_back_does_not_depose_the_leader() -> Result<(), 
     const CUT_OFF: Duration = Duration::from_secs(2);
     let dir = tempfile::tempdir().expect("temp dir");
     let net = Arc::new(Net::default());
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3 {
-        nodes.insert(id, start(&net, dir.path(), id).await);
-    }
-    let all: BTreeSet<NodeId> = nodes.keys().copied().collect();
-    nodes[&1].initialize([(1, addr(1))].into()).await?;
-    nodes[&1].wait_for_leader(WAIT, |l| l == 1).await?;
-    for id in [2, 3] {
-        nodes[&1].add_learner(id, addr(id)).await?;
-    }
-    nodes[&1].change_membership(all.clone()).await?;
-    nodes[&1].write(put("k", "before")).await?;
+    let (nodes, all) = three_voters(&net, dir.path()).await?;
     let term = nodes[&1].metrics().term;
 
     net.partition(&BTreeSet::from([3]), &all);

@@ -16,7 +16,7 @@ use crate::codec::{self, CodecError, Encoding};
 use crate::config::RpcConfig;
 use crate::error::{CallError, RejectReason};
 use crate::peer::{PeerConn, PeerError, Peers};
-use crate::service::{Context, ServiceDef, Wire, panic_message};
+use crate::service::{Context, MethodEntry, ServiceDef, Wire, panic_message};
 use crate::stats::Outcome;
 use crate::trace::{self, TraceId};
 use crate::wire::{self, RequestHead, Status};
@@ -91,14 +91,13 @@ impl RpcCore {
         request: Req,
         deadline: Duration,
     ) -> Result<Resp, CallError<Err>> {
-        let entry = def.method(method).ok_or_else(|| CallError::NotFound {
-            service: service.to_owned(),
-            method: method.to_owned(),
-        })?;
-        let now = Instant::now();
-        let at = now + deadline;
-        let trace = TraceId::current_or_random();
-        let ctx = Context::new(0, Some(at), false, trace);
+        let LocalStart {
+            entry,
+            now,
+            at,
+            trace,
+            ctx,
+        } = local_start(service, def, method, deadline)?;
         let fut = match entry.handler.call_local(ctx, Box::new(request)) {
             Ok(fut) => fut,
             Err(request) => {
@@ -139,14 +138,13 @@ impl RpcCore {
         payload: &[u8],
         deadline: Duration,
     ) -> Result<Vec<u8>, CallError<E>> {
-        let entry = def.method(method).ok_or_else(|| CallError::NotFound {
-            service: service.to_owned(),
-            method: method.to_owned(),
-        })?;
-        let now = Instant::now();
-        let at = now + deadline;
-        let trace = TraceId::current_or_random();
-        let ctx = Context::new(0, Some(at), false, trace);
+        let LocalStart {
+            entry,
+            now,
+            at,
+            trace,
+            ctx,
+        } = local_start(service, def, method, deadline)?;
         let span = trace::serve_span(service, method, 0, trace);
         let stats = entry.stats.start_at(now, span.clone());
         let fut = match entry.handler.call_wire(ctx, encoding, payload) {
@@ -254,6 +252,39 @@ impl RpcCore {
             Ok(Ok(sent)) => Ok(sent),
         }
     }
+}
+
+/// Where a same-process call starts: its method's entry, when it started, when its deadline
+/// passes, its trace id and the handler's context.
+struct LocalStart<'a> {
+    entry: &'a MethodEntry,
+    now: Instant,
+    at: Instant,
+    trace: TraceId,
+    ctx: Context,
+}
+
+fn local_start<'a, E>(
+    service: &str,
+    def: &'a ServiceDef,
+    method: &str,
+    deadline: Duration,
+) -> Result<LocalStart<'a>, CallError<E>> {
+    let entry = def.method(method).ok_or_else(|| CallError::NotFound {
+        service: service.to_owned(),
+        method: method.to_owned(),
+    })?;
+    let now = Instant::now();
+    let at = now + deadline;
+    let trace = TraceId::current_or_random();
+    let ctx = Context::new(0, Some(at), false, trace);
+    Ok(LocalStart {
+        entry,
+        now,
+        at,
+        trace,
+        ctx,
+    })
 }
 
 /// Runs an outgoing call with a trace id in scope (the caller's, or a new one) and in a

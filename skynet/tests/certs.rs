@@ -221,19 +221,12 @@ async fn an_expired_certificate_is_refused_by_name_on_both_sides() -> TestResult
         .call::<String, String, ServiceError>("say", "hi".into())
         .await;
     let took = started.elapsed();
-    match &result {
-        Err(CallError::HandshakeRefused { target, reason }) => {
-            assert_eq!(*target, server.local_addr().to_string());
-            assert!(
-                reason.contains("the peer refused this node's certificate as expired"),
-                "{reason}"
-            );
-        }
-        other => panic!("expected a refused handshake, got {other:?}"),
-    }
-    assert!(
-        took < deadline / 4,
-        "the refusal took {took:?} of a {deadline:?} deadline"
+    assert_refused_at_once(
+        &result,
+        server.local_addr(),
+        "the peer refused this node's certificate as expired",
+        took,
+        deadline,
     );
     logs.line_with(&[
         "WARN",
@@ -368,19 +361,12 @@ async fn a_call_by_name_to_an_instance_of_another_ca_is_refused_at_once() -> Tes
         .call::<String, String, ServiceError>("say", "hi".into())
         .await;
     let took = started.elapsed();
-    match &result {
-        Err(CallError::HandshakeRefused { target, reason }) => {
-            assert_eq!(*target, stranger.local_addr().to_string());
-            assert!(
-                reason.contains("the peer's certificate is not signed by this cluster's CA"),
-                "{reason}"
-            );
-        }
-        other => panic!("expected a refused handshake, got {other:?}"),
-    }
-    assert!(
-        took < deadline / 4,
-        "the refusal took {took:?} of a {deadline:?} deadline"
+    assert_refused_at_once(
+        &result,
+        stranger.local_addr(),
+        "the peer's certificate is not signed by this cluster's CA",
+        took,
+        deadline,
     );
 
     stranger.shutdown().await;
@@ -629,4 +615,26 @@ async fn a_process_with_another_cluster_ca_is_told_at_once_and_the_member_logs_i
         "{line}"
     );
     Ok(())
+}
+
+/// Checks that `result` is a handshake refused by or for `target`, whose reason says `says`,
+/// and that it came well within the call's `deadline` (it took `took`).
+fn assert_refused_at_once(
+    result: &Result<String, CallError<ServiceError>>,
+    target: SocketAddr,
+    says: &str,
+    took: Duration,
+    deadline: Duration,
+) {
+    match result {
+        Err(CallError::HandshakeRefused { target: t, reason }) => {
+            assert_eq!(*t, target.to_string());
+            assert!(reason.contains(says), "{reason}");
+        }
+        other => panic!("expected a refused handshake, got {other:?}"),
+    }
+    assert!(
+        took < deadline / 4,
+        "the refusal took {took:?} of a {deadline:?} deadline"
+    );
 }
